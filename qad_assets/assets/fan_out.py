@@ -1,0 +1,122 @@
+"""Shared wiring of the per-partition assets: fan partitions out to Ray, report what happened."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+import dagster as dg
+import pyarrow as pa
+
+from qad_assets.science.partition_steps import StepSummary
+from resources.ray import RayResource
+
+progress = logging.getLogger("qad.progress")
+
+
+def run_partition_steps(
+    context: dg.AssetExecutionContext, ray: RayResource, step_for_key: Callable[[str], Callable[[], StepSummary]]
+) -> dict[str, StepSummary]:
+    """Run one step per partition of this run on Ray; log progress as partitions finish."""
+    asset = context.asset_key.to_user_string()
+    keys = sorted(context.partition_keys)
+    steps = [step_for_key(key) for key in keys]
+    summaries: dict[str, StepSummary] = {}
+    done = 0
+    for index, summary in ray.imap_unordered(_call, steps):
+        key = keys[index]
+        summaries[key] = summary
+        done += summary.kept
+        progress.info(
+            "%s %d/%d %s: %d in, %d kept, %d filtered, %d quarantined (%d spectra done)",
+            asset,
+            len(summaries),
+            len(keys),
+            key,
+            summary.rows_in,
+            summary.kept,
+            summary.filtered,
+            summary.quarantined,
+            done,
+        )
+    return dict(sorted(summaries.items()))
+
+
+def _call(step: Callable[[], StepSummary]) -> StepSummary:
+    return step()
+
+
+def stage_metadata(summaries: Mapping[str, StepSummary]) -> dict[str, object]:
+    """Totals over the run's partitions, and a per-partition table, for the materialization."""
+    total = Counter()
+    reasons = Counter()
+    for summary in summaries.values():
+        total.update(
+            rows_in=summary.rows_in, kept=summary.kept, filtered=summary.filtered, quarantined=summary.quarantined
+        )
+        reasons.update(summary.reasons)
+    rows = [
+        f"| {key} | {s.rows_in} | {s.kept} | {s.filtered} | {s.quarantined} | {s.seconds:.2f} |"
+        for key, s in summaries.items()
+    ]
+    table = "| partition | in | kept | filtered | quarantined | s |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
+    return {
+        "partitions": len(summaries),
+        "rows_in": total["rows_in"],
+        "rows_kept": total["kept"],
+        "rows_filtered": total["filtered"],
+        "rows_quarantined": total["quarantined"],
+        "reasons": dg.MetadataValue.json(dict(sorted(reasons.items()))),
+        "seconds": round(sum(s.seconds for s in summaries.values()), 3),
+        "per_partition": dg.MetadataValue.md(table),
+        "outputs": dg.MetadataValue.json({key: s.output for key, s in summaries.items()}),
+    }
+
+
+def accounting_checks(asset: str, summaries: Mapping[str, StepSummary]) -> list[dg.AssetCheckResult]:
+    """Blocking: every input row is kept, filtered or quarantined. Warning: quarantine is empty."""
+    unbalanced = {k: s for k, s in summaries.items() if not s.balanced}
+    quarantined = {k: s.quarantined for k, s in summaries.items() if s.quarantined}
+    return [
+        dg.AssetCheckResult(
+            asset_key=asset,
+            check_name="ledger_balances",
+            passed=not unbalanced,
+            description="input = kept + filtered + quarantined in every partition",
+            metadata={
+                "unbalanced_partitions": dg.MetadataValue.json(
+                    {k: [s.rows_in, s.kept, s.filtered, s.quarantined] for k, s in unbalanced.items()}
+                )
+            },
+        ),
+        dg.AssetCheckResult(
+            asset_key=asset,
+            check_name="quarantine_empty",
+            passed=not quarantined,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="no input row was quarantined",
+            metadata={"quarantined_by_partition": dg.MetadataValue.json(quarantined)},
+        ),
+    ]
+
+
+def arrow_table_schema(schema: pa.Schema) -> dg.TableSchema:
+    """An Arrow schema as Dagster column metadata, so the UI shows each product's columns."""
+    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
+
+
+def accounting_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            "ledger_balances",
+            asset=asset,
+            blocking=True,
+            description="input = kept + filtered + quarantined in every partition",
+        ),
+        dg.AssetCheckSpec(
+            "quarantine_empty",
+            asset=asset,
+            description="warns when any input row was quarantined (see the ledger files)",
+        ),
+    ]

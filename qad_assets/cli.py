@@ -1,0 +1,306 @@
+"""``qad``: run the pipeline on the demo release or a DESI archive, and open the Dagster UI.
+
+Every command works on one storage root (``--storage``, default ``$QAD_STORAGE`` or ``./storage``):
+products under it, and the Dagster instance in ``<storage>/dagster_home`` so that runs made here
+show in ``qad ui`` afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INSTANCE_TEMPLATE = REPO_ROOT / "dagster.yaml"
+SETTINGS_FILE = "qad-settings.json"
+PIPELINE_JOB = "qad_pipeline"
+
+
+class UserError(Exception):
+    """A problem the user can fix (a path, an option); printed without a traceback."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the code location needs to know about this storage root, passed as environment."""
+
+    storage: Path
+    archive: str
+    specprod: str | None = None
+    qso_catalog: str | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "QAD_STORAGE": str(self.storage),
+            "QAD_ARCHIVE": self.archive,
+            "DAGSTER_HOME": str(self.storage / "dagster_home"),
+        }
+        env["QAD_SPECPROD"] = self.specprod or ""
+        env["QAD_QSO_CATALOG"] = self.qso_catalog or ""
+        return env
+
+    def save(self) -> None:
+        (self.storage / SETTINGS_FILE).write_text(
+            json.dumps({"archive": self.archive, "specprod": self.specprod, "qso_catalog": self.qso_catalog}, indent=2)
+        )
+
+    @classmethod
+    def load(cls, storage: Path) -> RunSettings | None:
+        path = storage / SETTINGS_FILE
+        if not path.exists():
+            return None
+        return cls(storage=storage, **json.loads(path.read_text()))
+
+
+def storage_root(value: str | None) -> Path:
+    root = Path(value or os.environ.get("QAD_STORAGE") or "storage").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def prepare_instance_home(storage: Path) -> Path:
+    """``<storage>/dagster_home`` holding the project's ``dagster.yaml``."""
+    home = storage / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
+    return home
+
+
+def find_partitions(archive: str, release: str | None, specprod: str | None) -> tuple[str, str, list[str]]:
+    """(release, specprod, partition keys) of the healpix coadds found in ``archive``."""
+    from qad_assets.partitions import SpectraPartition
+    from qad_assets.science.desi_archive import find_healpix_coadds, list_specprods
+
+    specprods = list_specprods(archive)
+    if specprod is None:
+        if not specprods:
+            raise UserError(f"{archive}: no spectro/redux/<specprod>/ folder (is this a DESI archive root?)")
+        if len(specprods) > 1:
+            raise UserError(f"{archive}: several productions {specprods}; choose one with --specprod")
+        specprod = specprods[0]
+    release = release or specprod
+    if not release.isalnum() or release != release.lower():
+        raise UserError(f"release name {release!r} must be lower-case letters and digits (use --release)")
+    coadds = find_healpix_coadds(archive, specprod)
+    if not coadds:
+        raise UserError(f"{archive}/spectro/redux/{specprod}/healpix: no coadd-<survey>-<program>-<pix>.fits files")
+    keys = [SpectraPartition(release, c.survey, c.program, c.healpix).key for c in coadds]
+    return release, specprod, keys
+
+
+def contiguous_blocks(order: list[str], wanted: list[str]) -> list[tuple[str, str]]:
+    """Split ``wanted`` into (first, last) ranges that are contiguous in the partition order."""
+    position = {key: i for i, key in enumerate(order)}
+    indices = sorted(position[key] for key in wanted)
+    blocks: list[tuple[str, str]] = []
+    start = prev = indices[0]
+    for i in indices[1:]:
+        if i != prev + 1:
+            blocks.append((order[start], order[prev]))
+            start = i
+        prev = i
+    blocks.append((order[start], order[prev]))
+    return blocks
+
+
+def materialize(settings: RunSettings, keys: list[str]) -> list[dict]:
+    """Materialize every asset of the pipeline job for ``keys`` through the Dagster instance."""
+    os.environ.update(settings.environment())
+    prepare_instance_home(settings.storage)
+    import dagster as dg
+
+    from qad_assets.definitions import defs
+    from qad_assets.partitions import spectra_partitions
+
+    instance = dg.DagsterInstance.get()
+    known = set(instance.get_dynamic_partitions(spectra_partitions.name))
+    instance.add_dynamic_partitions(spectra_partitions.name, [k for k in keys if k not in known])
+    order = instance.get_dynamic_partitions(spectra_partitions.name)
+    job = defs.resolve_job_def(PIPELINE_JOB)
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    rows: list[dict] = []
+    for first, last in contiguous_blocks(order, keys):
+        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+        result = job.execute_in_process(instance=instance, tags=tags, run_config=quiet, raise_on_error=False)
+        rows.extend(stage_rows(result))
+        if not result.success:
+            raise UserError(failure_message(result))
+    return rows
+
+
+def stage_rows(result) -> list[dict]:
+    """One summary row per asset materialization of a run, from its metadata."""
+    rows = []
+    for event in result.get_asset_materialization_events():
+        materialization = event.asset_materialization
+        meta = {k: v.value for k, v in materialization.metadata.items()}
+        rows.append({"stage": materialization.asset_key.to_user_string(), **meta})
+    return rows
+
+
+def failure_message(result) -> str:
+    messages = [
+        f"{event.step_key}: {event.step_failure_data.error.message.strip()}"
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data.error is not None
+    ]
+    return "pipeline run failed\n" + "\n".join(messages or [f"run {result.run_id} did not succeed"])
+
+
+def print_summary(rows: list[dict], seconds: float, storage: Path) -> None:
+    """Rows in/kept/filtered/quarantined per stage, time, and where the outputs are."""
+    by_stage: dict[str, dict] = {}
+    for row in rows:
+        total = by_stage.setdefault(
+            row["stage"], {"partitions": 0, "in": 0, "kept": 0, "filtered": 0, "quarantined": 0, "seconds": 0.0}
+        )
+        total["partitions"] += int(row.get("partitions", 0))
+        total["in"] += int(row.get("rows_in", 0))
+        total["kept"] += int(row.get("rows_kept", 0))
+        total["filtered"] += int(row.get("rows_filtered", 0))
+        total["quarantined"] += int(row.get("rows_quarantined", 0))
+        total["seconds"] += float(row.get("seconds", 0.0))
+    header = f"{'stage':<22}{'partitions':>11}{'in':>9}{'kept':>9}{'filtered':>10}{'quarantined':>13}{'cpu s':>9}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for stage, t in by_stage.items():
+        print(
+            f"{stage:<22}{t['partitions']:>11}{t['in']:>9}{t['kept']:>9}{t['filtered']:>10}"
+            f"{t['quarantined']:>13}{t['seconds']:>9.1f}"
+        )
+    print(f"\nwall time {seconds:.1f} s")
+    for stage in by_stage:
+        print(f"{stage:<22}{storage / stage}")
+    print(f"{'dagster instance':<22}{storage / 'dagster_home'}   (open with: qad ui --storage {storage})")
+
+
+def run_pipeline(settings: RunSettings, release: str | None) -> None:
+    start = time.perf_counter()
+    release, specprod, keys = find_partitions(settings.archive, release, settings.specprod)
+    settings = RunSettings(settings.storage, settings.archive, specprod, settings.qso_catalog)
+    settings.save()
+    print(f"release {release}: {len(keys)} partitions from {settings.archive}", file=sys.stderr)
+    rows = materialize(settings, keys)
+    print_summary(rows, time.perf_counter() - start, settings.storage)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from qad_assets.science.demo_release import write_demo_release
+
+    storage = storage_root(args.storage)
+    archive = storage / "demo_archive"
+    print(f"writing the demo release to {archive}", file=sys.stderr)
+    demo = write_demo_release(
+        archive, release=args.release, n_pixels=args.n_pixels, targets_per_pixel=args.targets_per_pixel, seed=args.seed
+    )
+    print(f"truth table: {demo.truth}", file=sys.stderr)
+    run_pipeline(RunSettings(storage, str(archive)), args.release)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    storage = storage_root(args.storage)
+    if "://" not in args.archive and not Path(args.archive).is_dir():
+        raise UserError(f"--archive {args.archive}: no such directory")
+    if args.qso_catalog and "://" not in args.qso_catalog and not Path(args.qso_catalog).is_file():
+        raise UserError(f"--qso-catalog {args.qso_catalog}: no such file")
+    archive = args.archive if "://" in args.archive else str(Path(args.archive).resolve())
+    catalog = args.qso_catalog and (
+        args.qso_catalog if "://" in args.qso_catalog else str(Path(args.qso_catalog).resolve())
+    )
+    run_pipeline(RunSettings(storage, archive, args.specprod, catalog), args.release)
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    storage = storage_root(args.storage)
+    settings = RunSettings.load(storage) or RunSettings(storage, str(storage / "demo_archive"))
+    prepare_instance_home(storage)
+    env = {**os.environ, **settings.environment()}
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-m",
+        "qad_assets.definitions",
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
+    print(f"Dagster UI on http://{args.host}:{args.port} (instance {storage / 'dagster_home'})", file=sys.stderr)
+    os.execve(sys.executable, command, env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qad", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_storage(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--storage",
+            metavar="DIR",
+            help="storage root for products and the Dagster instance (default: $QAD_STORAGE or ./storage)",
+        )
+        sub.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        return sub
+
+    demo = with_storage(commands.add_parser("demo", help="write the embedded demo release and run the pipeline on it"))
+    demo.add_argument("--release", default="demo", help="release name of the demo (default: demo)")
+    demo.add_argument("--n-pixels", type=int, default=8, help="HEALPix coadd files to write (default: 8)")
+    demo.add_argument("--targets-per-pixel", type=int, default=400, help="targets per coadd file (default: 400)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the demo release (default: 0)")
+    demo.set_defaults(func=cmd_demo)
+
+    run = with_storage(commands.add_parser("run", help="run the pipeline on a DESI archive tree"))
+    run.add_argument(
+        "--archive",
+        required=True,
+        metavar="DIR",
+        help="DESI root holding spectro/redux/<specprod>/healpix/... (a path or fsspec URL)",
+    )
+    run.add_argument("--release", help="release name for partitions (default: the specprod folder name)")
+    run.add_argument("--specprod", help="production folder to read when the archive holds several")
+    run.add_argument(
+        "--qso-catalog",
+        metavar="FILE",
+        help="DESI QSO catalogue (QSO_cat_*.fits): select its quasars and use its redshifts",
+    )
+    run.set_defaults(func=cmd_run)
+
+    ui = with_storage(commands.add_parser("ui", help="start the Dagster webserver and daemon on this storage root"))
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=3000, help="port (default: 3000)")
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    progress = logging.getLogger("qad.progress")
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    try:
+        args.func(args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # any other failure: one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""Reading real DESI coadds into ``raw_spectra`` rows and a ledger (qad_assets.science.desi_io).
+
+Every input is a real DESI file (tests/data/desi, see tests/data/README.md); bad-input cases are real files
+damaged in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import csv
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from qad_assets.science import desi_io as dio
+from qad_assets.science import ledger as lg
+
+DATA = Path(__file__).parent / "data"
+DESI = DATA / "desi"
+HPX = DESI / "picca/coadd-sv3-dark-9144.fits"
+TILE = DESI / "picca/coadd-1-80693-thru20210204.fits"
+CAT_HPX = DESI / "picca/QSO_cat_fuji_dark_healpix.fits.gz"
+CAT_TILE = DESI / "picca/QSO_cat_fuji_dark_tile.fits.gz"
+SV3_26065 = DESI / "specutils/coadd-sv3-dark-26065.fits"
+TILE_169 = DESI / "specutils/coadd-5-169-thru20210419.fits"
+DR1 = (
+    DESI / "fastspecfit/coadd-4-80613-thru20210324.fits",
+    DESI / "fastspecfit/redrock-4-80613-thru20210324.fits",
+)
+DR2 = (
+    DESI / "fastspecfit/coadd-special-dark-27247.fits",
+    DESI / "fastspecfit/redrock-special-dark-27247.fits",
+)
+ALL_COADDS = [HPX, TILE, SV3_26065, TILE_169, DR1[0], DR2[0]]
+
+
+def labels(coadd: Path) -> list[dict[str, str]]:
+    """LABELS.csv rows of one file, in FIBERMAP order."""
+    name = str(coadd.relative_to(DATA))
+    with open(DESI / "LABELS.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["file"] == name]
+    return sorted(rows, key=lambda r: int(r["row"]))
+
+
+def read(coadd: Path, redrock: Path | None = None, root: Path = DATA, **kw) -> dio.ReadResult:
+    return dio.read_spectra_file(str(coadd), redrock and str(redrock), release="fuji", archive_root=str(root), **kw)
+
+
+def ledger_rows(result: dio.ReadResult) -> list[tuple]:
+    """(file, row, TARGETID, status, reason code) of every ledger row."""
+    t = result.ledger.to_pydict()
+    return [
+        (f, r, tid, s, lg.reason_code(why))
+        for f, r, tid, s, why in zip(t["file"], t["row"], t["TARGETID"], t["status"], t["reason"], strict=True)
+    ]
+
+
+def fibermap_targetids(coadd: Path) -> np.ndarray:
+    return np.asarray(fits.getdata(coadd, "FIBERMAP")["TARGETID"], dtype=np.int64)
+
+
+def write_redrock(path: Path, targetids: np.ndarray, z: float = 1.5) -> Path:
+    """A minimal redrock file (REDSHIFTS HDU), SPECTYPE=QSO and ZWARN=0 for every row."""
+    n = len(targetids)
+    table = Table(
+        {
+            "TARGETID": np.asarray(targetids, np.int64),
+            "Z": np.full(n, z),
+            "ZERR": np.full(n, 1e-4),
+            "ZWARN": np.zeros(n, np.int64),
+            "SPECTYPE": np.full(n, "QSO"),
+            "SUBTYPE": np.full(n, ""),
+            "DELTACHI2": np.full(n, 100.0),
+        }
+    )
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(table, name="REDSHIFTS")]).writeto(path)
+    return path
+
+
+def damaged(tmp_path: Path, edit: Callable[[fits.HDUList], None], src: Path = TILE) -> Path:
+    """A copy of a real coadd, edited with astropy."""
+    dst = tmp_path / src.name
+    with fits.open(src) as hdul:
+        edit(hdul)
+        hdul.writeto(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def clean_tile() -> dio.ReadResult:
+    """The undamaged tile coadd: 5 real quasars, all kept."""
+    result = read(TILE, qso_catalog=str(CAT_TILE))
+    assert result.spectra.num_rows == 5
+    return result
+
+
+def assert_survivors(result: dio.ReadResult, clean: dio.ReadResult, rows: list[int]) -> None:
+    """The kept rows of a damaged file are exactly the clean file's rows ``rows``, with identical data."""
+    expected = clean.spectra.take(pa.array(rows))
+    assert result.spectra.equals(expected)
+
+
+def test_brz_grid_is_the_merged_desi_grid() -> None:
+    assert dio.BRZ_WAVE.dtype == np.float64 and dio.BRZ_WAVE.size == dio.NPIX == 7781
+    assert dio.BRZ_WAVE[0] == 3600.0 and dio.BRZ_WAVE[-1] == 9824.0
+    np.testing.assert_allclose(np.diff(dio.BRZ_WAVE), 0.8, rtol=1e-9)
+    assert {arm: w.size for arm, w in dio.ARM_WAVE.items()} == {"B": 2751, "R": 2326, "Z": 2881}
+    assert (dio.ARM_WAVE["R"][0], dio.ARM_WAVE["Z"][-1]) == (5760.0, 9824.0)
+
+
+@pytest.mark.parametrize(("coadd", "catalog", "healpix"), [(HPX, CAT_HPX, 9144), (TILE, CAT_TILE, -1)])
+def test_real_quasars_are_kept_with_the_catalogue_redshift(coadd: Path, catalog: Path, healpix: int) -> None:
+    result = read(coadd, qso_catalog=str(catalog))
+    truth = labels(coadd)
+    t = result.spectra.to_pydict()
+    assert t["TARGETID"] == [int(r["targetid"]) for r in truth]
+    np.testing.assert_allclose(t["Z"], [float(r["z"]) for r in truth], atol=6e-6)
+    assert set(t["Z_SOURCE"]) == {"qso_catalog"}
+    assert set(t["healpix"]) == {healpix} and set(t["release"]) == {"fuji"}
+    assert all(ra is not None for ra in t["TARGET_RA"])  # the 9144 FIBERMAP has none: from the catalogue
+    assert [s for _, _, _, s, _ in ledger_rows(result)] == ["kept"] * len(truth)
+    if healpix > 0:
+        assert set(t["survey"]) == {"sv3"} and set(t["program"]) == {"dark"}
+    else:
+        assert set(t["survey"]) == {None}  # tile coadd headers carry no SURVEY / PROGRAM
+
+
+@pytest.mark.parametrize(
+    ("coadd", "expected"),
+    [
+        (
+            SV3_26065,
+            [
+                "unassigned_fiber: TARGETID<0",
+                "unassigned_fiber: TARGETID<0",
+                "",
+                "not_target: OBJTYPE=SKY",
+                "",
+            ],
+        ),
+        (
+            TILE_169,
+            [
+                "unassigned_fiber: TARGETID<0",
+                "bad_fiberstatus: COADD_FIBERSTATUS=512",
+                "unassigned_fiber: TARGETID<0",
+                "unassigned_fiber: TARGETID<0",
+                "",
+            ],
+        ),
+    ],
+)
+def test_fibermap_filters_on_real_edge_cases(tmp_path: Path, coadd: Path, expected: list[str]) -> None:
+    tids = fibermap_targetids(coadd)
+    result = read(coadd, write_redrock(tmp_path / "redrock.fits", tids))
+    t = result.ledger.to_pydict()
+    assert t["reason"] == expected
+    assert t["status"] == ["kept" if not r else "filtered" for r in expected]
+    assert t["TARGETID"] == tids.tolist()
+    kept = [int(tid) for tid, r in zip(tids, expected, strict=True) if not r]
+    assert result.spectra.column("TARGETID").to_pylist() == kept
+    assert set(result.spectra.column("Z_SOURCE").to_pylist()) == {"redrock"}
+
+
+@pytest.mark.parametrize(("coadd", "redrock"), [DR1, DR2], ids=["dr1-iron-tile", "dr2-loa-healpix"])
+def test_real_galaxies_with_real_redrock_are_filtered_as_not_qso(coadd: Path, redrock: Path) -> None:
+    result = read(coadd, redrock)
+    (truth,) = labels(coadd)
+    assert ledger_rows(result) == [(str(coadd.relative_to(DATA)), 0, int(truth["targetid"]), "filtered", "not_qso")]
+    assert result.ledger.column("reason").to_pylist() == ["not_qso: SPECTYPE=GALAXY"]
+    assert result.spectra.num_rows == 0 and result.spectra.schema == dio.RAW_SPECTRA_SCHEMA
+    rr = dio.read_redshifts(str(redrock))
+    assert rr["TARGETID"].tolist() == [int(truth["targetid"])]
+    np.testing.assert_allclose(rr["Z"], float(truth["z"]), atol=6e-6)
+
+
+def test_dr2_healpix_header_and_newer_fibermap_columns() -> None:
+    arms = dio.read_coadd(str(DR2[0]))
+    assert (arms.header["SURVEY"], arms.header["PROGRAM"], arms.header["HPXPIXEL"]) == (
+        "special",
+        "dark",
+        27247,
+    )
+    assert set(dio.FIBERMAP_COLUMNS) <= set(arms.fibermap)
+    assert arms.fibermap["TARGETID"].dtype == np.int64
+    assert {a: arms.mask[a].dtype for a in dio.ARMS} == dict.fromkeys(dio.ARMS, np.dtype(np.uint32))
+
+
+@pytest.mark.parametrize("coadd", ALL_COADDS, ids=lambda p: p.name)
+def test_merge_matches_desispec_coadd_cameras(coadd: Path) -> None:
+    desispec_io = pytest.importorskip("desispec.io")
+    from desispec.coaddition import coadd_cameras
+
+    ref = coadd_cameras(desispec_io.read_spectra(str(coadd)))
+    (band,) = ref.bands
+    flux, ivar, good = dio.merge_arms(dio.read_coadd(str(coadd)))
+    assert flux.dtype == ivar.dtype == np.float32 and flux.shape == (len(ref.flux[band]), 7781)
+    np.testing.assert_allclose(ref.wave[band], dio.BRZ_WAVE, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(flux[good], ref.flux[band][good], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(ivar, ref.ivar[band], rtol=1e-6, atol=0)
+    assert np.all(ivar[ref.ivar[band] == 0] == 0)
+    np.testing.assert_array_equal(good, (ref.ivar[band] > 0) & (ref.mask[band] == 0))
+
+
+@pytest.mark.parametrize("coadd", ALL_COADDS, ids=lambda p: p.name)
+def test_ledger_accounts_for_every_fibermap_row(tmp_path: Path, coadd: Path) -> None:
+    tids = fibermap_targetids(coadd)
+    result = read(coadd, write_redrock(tmp_path / "redrock.fits", tids))
+    counts = lg.counts(result.ledger)
+    assert counts["kept"] + counts["filtered"] + counts["quarantined"] == len(tids)
+    assert counts["kept"] == result.spectra.num_rows
+    assert lg.accounts_for(result.ledger, len(tids))
+    assert result.ledger.schema == lg.LEDGER_SCHEMA
+
+
+def test_output_schema_and_snr(clean_tile: dio.ReadResult) -> None:
+    t = clean_tile.spectra
+    assert t.schema == dio.RAW_SPECTRA_SCHEMA
+    assert t.schema.field("TARGETID").type == pa.int64()
+    flux = np.asarray(t.column("flux").combine_chunks().flatten()).reshape(-1, 7781)
+    ivar = np.asarray(t.column("ivar").combine_chunks().flatten()).reshape(-1, 7781)
+    good = np.asarray(t.column("good").combine_chunks().flatten()).reshape(-1, 7781)
+    assert np.all(ivar[~good] == 0) and np.all(ivar[good] > 0)
+    snr = np.where(good, flux * np.sqrt(ivar), np.nan)
+    wave = dio.BRZ_WAVE
+    for name, lo, hi in [("snr_b", 3600, 5800), ("snr_r", 5760, 7620), ("snr_z", 7520, 9824)]:
+        window = (wave > lo - 0.1) & (wave < hi + 0.1)
+        expected = np.nanmedian(snr[:, window], axis=1)
+        np.testing.assert_allclose(t.column(name).to_numpy(), expected, rtol=1e-5)
+
+
+def test_fsspec_urls_give_the_same_table_as_local_paths(tmp_path: Path) -> None:
+    local = read(HPX, qso_catalog=str(CAT_HPX))
+    url = dio.read_spectra_file(
+        HPX.as_uri(), None, release="fuji", qso_catalog=CAT_HPX.as_uri(), archive_root=DATA.as_uri()
+    )
+    assert url.spectra.equals(local.spectra) and url.ledger.equals(local.ledger)
+
+    memfs = fsspec.filesystem("memory")
+    memfs.pipe("/desi/coadd.fits", HPX.read_bytes())
+    memfs.pipe("/desi/cat.fits.gz", CAT_HPX.read_bytes())
+    mem = dio.read_spectra_file(
+        "/desi/coadd.fits",
+        None,
+        release="fuji",
+        qso_catalog="/desi/cat.fits.gz",
+        fs=memfs,
+        archive_root="/desi",
+    )
+    assert mem.spectra.equals(local.spectra)
+    assert mem.ledger.column("file").to_pylist() == ["coadd.fits"] * 2
+
+    # the two readers: fitsio + memory map (local path) and astropy on an fsspec file object (URL)
+    a, b = dio.read_coadd(str(HPX)), dio.read_coadd(HPX.as_uri())
+    for arm in dio.ARMS:
+        for kind in ("wave", "flux", "ivar", "mask"):
+            np.testing.assert_array_equal(getattr(a, kind)[arm], getattr(b, kind)[arm])
+    assert int(a.mask["R"].max()) > 0  # real nonzero mask bits survive the BZERO=2**31 decoding
+
+
+def test_compressed_mask_hdus_are_read_by_name(tmp_path: Path) -> None:
+    def compress(hdul: fits.HDUList) -> None:
+        for arm in dio.ARMS:
+            name = f"{arm}_MASK"
+            hdul[name] = fits.CompImageHDU(np.asarray(hdul[name].data), name=name)
+
+    path = damaged(tmp_path, compress, src=HPX)
+    with fits.open(path) as hdul:
+        assert isinstance(hdul["B_MASK"], fits.CompImageHDU)
+    original = dio.read_coadd(str(HPX))
+    for arms in (dio.read_coadd(str(path)), dio.read_coadd(path.as_uri())):
+        for arm in dio.ARMS:
+            np.testing.assert_array_equal(arms.mask[arm], original.mask[arm])
+    assert read(path, root=tmp_path, qso_catalog=str(CAT_HPX)).spectra.equals(
+        read(HPX, qso_catalog=str(CAT_HPX)).spectra
+    )
+
+
+def test_catalogue_z_can_be_ignored_and_lookup_respects_survey(tmp_path: Path) -> None:
+    tids = fibermap_targetids(TILE)
+    result = read(TILE, write_redrock(tmp_path / "rr.fits", tids, z=1.25), qso_catalog=str(CAT_TILE), catalog_z=False)
+    assert result.spectra.column("Z").to_pylist() == [1.25] * 5
+    assert set(result.spectra.column("Z_SOURCE").to_pylist()) == {"redrock"}
+    assert result.spectra.column("ZWARN").to_pylist() == [0] * 5
+
+    catalog = dio.read_qso_catalog(str(CAT_HPX))
+    quasars = fibermap_targetids(HPX)
+    assert (catalog.lookup(quasars, "sv3") >= 0).all()
+    assert (catalog.lookup(quasars, "sv1") == -1).all()  # they are sv3 rows of the catalogue
+    with pytest.raises(ValueError, match="no redshift source"):
+        dio.read_spectra_file(str(TILE), None, release="fuji")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input: file-level cases quarantine every FIBERMAP row (or one row -1); row-level cases keep the rest.
+
+TILE_TIDS = fibermap_targetids(TILE).tolist()
+
+
+def test_truncated_file_is_quarantined_row_by_row(tmp_path: Path) -> None:
+    path = tmp_path / TILE.name
+    path.write_bytes(TILE.read_bytes()[: int(TILE.stat().st_size * 0.6)])
+    result = read(path, root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert ledger_rows(result) == [(TILE.name, i, t, "quarantined", "corrupt_fits") for i, t in enumerate(TILE_TIDS)]
+    assert "truncated" in result.ledger.column("reason")[0].as_py()
+    assert result.spectra.num_rows == 0
+    with pytest.raises(dio.DesiFormatError, match=rf"{path.name}, row -1: corrupt_fits: truncated"):
+        dio.read_coadd(str(path))
+
+
+def test_a_file_that_is_not_fits_is_one_ledger_row(tmp_path: Path) -> None:
+    path = tmp_path / "coadd-bad.fits"
+    path.write_bytes(b"SIMPLE  = garbage" * 300)
+    result = read(path, root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert ledger_rows(result) == [("coadd-bad.fits", -1, None, "quarantined", "corrupt_fits")]
+    assert lg.accounts_for(result.ledger, 5)
+
+
+def test_missing_hdu_quarantines_the_file(tmp_path: Path) -> None:
+    path = damaged(tmp_path, lambda h: h.__delitem__("Z_IVAR"))
+    result = read(path, root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert ledger_rows(result) == [(TILE.name, i, t, "quarantined", "missing_hdu") for i, t in enumerate(TILE_TIDS)]
+    assert result.ledger.column("reason")[0].as_py() == "missing_hdu: Z_IVAR"
+    err = pytest.raises(dio.DesiFormatError, dio.read_coadd, str(path)).value
+    assert (err.path, err.row, err.reason) == (str(path), -1, "missing_hdu: Z_IVAR")
+    assert pickle.loads(pickle.dumps(err)).reason == err.reason
+
+
+def test_missing_fibermap_gives_one_row_without_targetid(tmp_path: Path) -> None:
+    path = damaged(tmp_path, lambda h: h.__delitem__("FIBERMAP"))
+    result = read(path, root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert ledger_rows(result) == [(TILE.name, -1, None, "quarantined", "missing_hdu")]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda h: h.__setitem__("B_IVAR", fits.ImageHDU(h["B_IVAR"].data[:4], name="B_IVAR")),
+        lambda h: h.__setitem__("R_MASK", fits.ImageHDU(h["R_MASK"].data[:, :-3], name="R_MASK")),
+        lambda h: h.__setitem__("Z_WAVELENGTH", fits.ImageHDU(h["Z_WAVELENGTH"].data[:-1], name="Z_WAVELENGTH")),
+    ],
+    ids=["ivar-rows", "mask-pixels", "wavelength-length"],
+)
+def test_mismatched_shapes_quarantine_the_file(tmp_path: Path, edit: Callable[[fits.HDUList], None]) -> None:
+    result = read(damaged(tmp_path, edit), root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert ledger_rows(result) == [(TILE.name, i, t, "quarantined", "shape_mismatch") for i, t in enumerate(TILE_TIDS)]
+    assert result.spectra.num_rows == 0
+
+
+def test_fibermap_shorter_than_the_arrays_quarantines_each_fibermap_row(tmp_path: Path) -> None:
+    def shorten(h: fits.HDUList) -> None:
+        h["FIBERMAP"] = fits.BinTableHDU(h["FIBERMAP"].data[:4], name="FIBERMAP")
+
+    result = read(damaged(tmp_path, shorten), root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert ledger_rows(result) == [
+        (TILE.name, i, t, "quarantined", "shape_mismatch") for i, t in enumerate(TILE_TIDS[:4])
+    ]
+
+
+def test_nan_at_a_good_pixel_quarantines_only_that_row(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+    def inject(h: fits.HDUList) -> None:
+        assert h["R_IVAR"].data[1, 500] > 0 and h["R_MASK"].data[1, 500] == 0
+        h["R_FLUX"].data[1, 500] = np.nan
+
+    result = read(damaged(tmp_path, inject), root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert ledger_rows(result)[1] == (TILE.name, 1, TILE_TIDS[1], "quarantined", "nonfinite")
+    assert [s for *_, s, _ in ledger_rows(result)] == ["kept", "quarantined", "kept", "kept", "kept"]
+    assert_survivors(result, clean_tile, [0, 2, 3, 4])
+
+
+def test_nan_where_ivar_is_zero_is_tolerated(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+    def inject(h: fits.HDUList) -> None:
+        h["B_FLUX"].data[2, 100] = np.nan
+        h["B_IVAR"].data[2, 100] = 0
+
+    result = read(damaged(tmp_path, inject), root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert [s for *_, s, _ in ledger_rows(result)] == ["kept"] * 5
+    row = result.spectra.slice(2, 1).to_pylist()[0]
+    assert (row["flux"][100], row["ivar"][100], row["good"][100]) == (0.0, 0.0, False)
+    assert result.spectra.take([0, 1, 3, 4]).equals(clean_tile.spectra.take([0, 1, 3, 4]))
+
+
+def test_negative_ivar_quarantines_only_that_row(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+    def negative(h: fits.HDUList) -> None:
+        h["Z_IVAR"].data[2, 50] = -1.0
+
+    result = read(damaged(tmp_path, negative), root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert [r for r in ledger_rows(result) if r[3] != "kept"] == [
+        (TILE.name, 2, TILE_TIDS[2], "quarantined", "negative_ivar")
+    ]
+    assert_survivors(result, clean_tile, [0, 1, 3, 4])
+
+
+def test_row_without_good_pixels_is_quarantined(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+    def zero(h: fits.HDUList) -> None:
+        for arm in dio.ARMS:
+            h[f"{arm}_IVAR"].data[3] = 0
+
+    result = read(damaged(tmp_path, zero), root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert [r for r in ledger_rows(result) if r[3] != "kept"] == [
+        (TILE.name, 3, TILE_TIDS[3], "quarantined", "no_good_pixels")
+    ]
+    assert_survivors(result, clean_tile, [0, 1, 2, 4])
+
+
+def test_duplicate_targetids_quarantine_both_rows(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+    def duplicate(h: fits.HDUList) -> None:
+        h["FIBERMAP"].data["TARGETID"][4] = h["FIBERMAP"].data["TARGETID"][3]
+
+    result = read(damaged(tmp_path, duplicate), root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert [r for r in ledger_rows(result) if r[3] != "kept"] == [
+        (TILE.name, 3, TILE_TIDS[3], "quarantined", "duplicate_targetid"),
+        (TILE.name, 4, TILE_TIDS[3], "quarantined", "duplicate_targetid"),
+    ]
+    assert_survivors(result, clean_tile, [0, 1, 2])
+
+
+def test_redrock_with_swapped_targetids_quarantines_those_rows(tmp_path: Path) -> None:
+    swapped = np.array(TILE_TIDS)[[1, 0, 2, 3, 4]]
+    result = read(TILE, write_redrock(tmp_path / "redrock.fits", swapped, z=2.5))
+    assert [r[1:] for r in ledger_rows(result) if r[3] != "kept"] == [
+        (0, TILE_TIDS[0], "quarantined", "redrock_mismatch"),
+        (1, TILE_TIDS[1], "quarantined", "redrock_mismatch"),
+    ]
+    assert result.ledger.column("reason")[0].as_py() == f"redrock_mismatch: REDSHIFTS TARGETID={TILE_TIDS[1]}"
+    kept = result.spectra
+    assert kept.column("TARGETID").to_pylist() == TILE_TIDS[2:]
+    assert kept.column("Z").to_pylist() == [2.5] * 3
+    assert kept.column("Z_SOURCE").to_pylist() == ["redrock"] * 3
+    clean = read(TILE, write_redrock(tmp_path / "ok.fits", np.array(TILE_TIDS), z=2.5))
+    assert kept.equals(clean.spectra.take([2, 3, 4]))
+
+
+def test_redrock_with_another_row_count_quarantines_the_file(tmp_path: Path) -> None:
+    result = read(TILE, write_redrock(tmp_path / "redrock.fits", np.array(TILE_TIDS[:4])))
+    assert [r[3:] for r in ledger_rows(result)] == [("quarantined", "redrock_mismatch")] * 5
+    unreadable = tmp_path / "broken-redrock.fits"
+    unreadable.write_bytes(b"\0" * 100)
+    assert [r[3:] for r in ledger_rows(read(TILE, unreadable))] == [("quarantined", "bad_redrock")] * 5
+
+
+def test_an_unreachable_file_raises_instead_of_being_quarantined(tmp_path: Path) -> None:
+    """A missing file is an I/O failure to retry, not bad data."""
+    with pytest.raises(FileNotFoundError):
+        read(tmp_path / "coadd-missing.fits", root=tmp_path, qso_catalog=str(CAT_TILE))
+    with pytest.raises(FileNotFoundError):
+        dio.read_coadd((tmp_path / "coadd-missing.fits").as_uri())
