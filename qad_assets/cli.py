@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def materialize(settings: RunSettings, keys: list[str]) -> list[dict]:
     instance.add_dynamic_partitions(spectra_partitions.name, [k for k in keys if k not in known])
     order = instance.get_dynamic_partitions(spectra_partitions.name)
     job = defs.resolve_job_def(PIPELINE_JOB)
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     rows: list[dict] = []
     for first, last in contiguous_blocks(order, keys):
         tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
@@ -136,13 +137,16 @@ def materialize(settings: RunSettings, keys: list[str]) -> list[dict]:
 
 
 def stage_rows(result) -> list[dict]:
-    """One summary row per asset materialization of a run, from its metadata."""
-    rows = []
+    """One summary row per asset of a run, from its materialization metadata.
+
+    A run over a partition range records one event per partition, all with the run's totals.
+    """
+    rows: dict[str, dict] = {}
     for event in result.get_asset_materialization_events():
-        materialization = event.asset_materialization
-        meta = {k: v.value for k, v in materialization.metadata.items()}
-        rows.append({"stage": materialization.asset_key.to_user_string(), **meta})
-    return rows
+        materialization = event.materialization
+        stage = materialization.asset_key.to_user_string()
+        rows[stage] = {"stage": stage, **{k: v.value for k, v in materialization.metadata.items()}}
+    return list(rows.values())
 
 
 def failure_message(result) -> str:
@@ -282,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     progress = logging.getLogger("qad.progress")

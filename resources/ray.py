@@ -29,12 +29,19 @@ class RayResource(dg.ConfigurableResource):
             ray.shutdown()
 
     def imap_unordered(
-        self, fn: Callable[..., Any], items: Sequence[Any], *, num_cpus: float = 1
+        self, fn: Callable[..., Any], items: Sequence[Any], *, num_cpus: float = 1, num_gpus: float = 0
     ) -> Iterator[tuple[int, Any]]:
-        """Run ``fn(item)`` for every item as Ray tasks; yield ``(index, result)`` as each finishes."""
-        task = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+        """Run ``fn(item)`` for every item as Ray tasks; yield ``(index, result)`` as each finishes.
+
+        A task that raised yields its exception as the result, so one failure does not hide the others.
+        """
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
         pending = {task.remote(item): index for index, item in enumerate(items)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                yield pending.pop(ref), ray.get(ref)
+                index = pending.pop(ref)
+                try:
+                    yield index, ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    yield index, err.as_instanceof_cause()

@@ -451,3 +451,12 @@ def test_an_unreachable_file_raises_instead_of_being_quarantined(tmp_path: Path)
         read(tmp_path / "coadd-missing.fits", root=tmp_path, qso_catalog=str(CAT_TILE))
     with pytest.raises(FileNotFoundError):
         dio.read_coadd((tmp_path / "coadd-missing.fits").as_uri())
+
+
+def test_a_missing_redrock_file_quarantines_the_coadd_unless_the_catalogue_gives_redshifts(tmp_path: Path) -> None:
+    missing = tmp_path / "redrock-sv3-dark-9144.fits"
+    without_catalogue = read(HPX, missing)
+    assert [r[3:] for r in ledger_rows(without_catalogue)] == [("quarantined", "missing_redrock")] * 2
+    assert without_catalogue.spectra.num_rows == 0
+    with_catalogue = read(HPX, missing, qso_catalog=str(CAT_HPX))
+    assert with_catalogue.spectra.column("Z_SOURCE").to_pylist() == ["qso_catalog"] * 2

@@ -15,31 +15,42 @@ from resources.ray import RayResource
 progress = logging.getLogger("qad.progress")
 
 
+class PartitionStepsFailed(Exception):
+    """Some partitions of a run failed; the others were written. The message names each failure."""
+
+
 def run_partition_steps(
     context: dg.AssetExecutionContext, ray: RayResource, step_for_key: Callable[[str], Callable[[], StepSummary]]
 ) -> dict[str, StepSummary]:
     """Run one step per partition of this run on Ray; log progress as partitions finish."""
     asset = context.asset_key.to_user_string()
     keys = sorted(context.partition_keys)
-    steps = [step_for_key(key) for key in keys]
     summaries: dict[str, StepSummary] = {}
+    failures: dict[str, BaseException] = {}
     done = 0
-    for index, summary in ray.imap_unordered(_call, steps):
+    for index, outcome in ray.imap_unordered(_call, [step_for_key(key) for key in keys]):
         key = keys[index]
-        summaries[key] = summary
-        done += summary.kept
+        if isinstance(outcome, BaseException):
+            failures[key] = outcome
+            progress.error("%s %s failed: %s", asset, key, outcome)
+            continue
+        summaries[key] = outcome
+        done += outcome.kept
         progress.info(
             "%s %d/%d %s: %d in, %d kept, %d filtered, %d quarantined (%d spectra done)",
             asset,
-            len(summaries),
+            len(summaries) + len(failures),
             len(keys),
             key,
-            summary.rows_in,
-            summary.kept,
-            summary.filtered,
-            summary.quarantined,
+            outcome.rows_in,
+            outcome.kept,
+            outcome.filtered,
+            outcome.quarantined,
             done,
         )
+    if failures:
+        lines = "\n".join(f"{key}: {type(err).__name__}: {err}" for key, err in sorted(failures.items()))
+        raise PartitionStepsFailed(f"{len(failures)} of {len(keys)} partitions failed:\n{lines}")
     return dict(sorted(summaries.items()))
 
 

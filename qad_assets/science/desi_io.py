@@ -574,7 +574,8 @@ def read_spectra_file(
 
     * file-level, quarantined (every FIBERMAP row if its TARGETIDs can be read, else one row -1):
       ``corrupt_fits`` (unreadable or truncated), ``missing_hdu``, ``missing_column``, ``shape_mismatch``,
-      ``bad_wavelength`` (coadd); ``bad_redrock`` (redrock file unreadable); ``redrock_mismatch`` when its
+      ``bad_wavelength`` (coadd); ``bad_redrock`` (redrock file unreadable); ``missing_redrock`` (no redrock
+      file and no QSO catalogue redshifts to fall back on); ``redrock_mismatch`` when its
       row count differs from the coadd's.
     * filtered: ``unassigned_fiber`` (TARGETID <= 0), ``not_target`` (OBJTYPE != TGT, when the column
       exists), ``bad_fiberstatus`` (``COADD_FIBERSTATUS & ~8``, when it exists);
@@ -608,7 +609,10 @@ def read_spectra_file(
             rr = read_redshifts(redrock, fs)
         except DesiFormatError as err:
             return _failed_file(label, lg.reason("bad_redrock", err.reason), tid)
-        if len(rr["TARGETID"]) != len(tid):
+        except FileNotFoundError:
+            if catalog is None or not catalog_z:
+                return _failed_file(label, lg.reason("missing_redrock", os.fspath(redrock)), tid)
+        if rr is not None and len(rr["TARGETID"]) != len(tid):
             detail = f"{len(rr['TARGETID'])} REDSHIFTS rows for {len(tid)} FIBERMAP rows"
             return _failed_file(label, lg.reason("redrock_mismatch", detail), tid)
     cat_row = catalog.lookup(tid, arms.header.get("SURVEY")) if catalog is not None else None

@@ -31,6 +31,7 @@ QUARANTINE_CODES = frozenset(
         "shape_mismatch",
         "bad_wavelength",
         "bad_redrock",
+        "missing_redrock",
         "redrock_mismatch",
         "duplicate_targetid",
         "nonfinite",
