@@ -6,12 +6,12 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import scipy.sparse
 from astropy.io import fits
 
 from qad_assets.science import demo_release as dr
+from qad_assets.science.parquet_store import read_table
 
 ARM_GRIDS = {"B": (3600.0, 5800.0, 2751), "R": (5760.0, 7620.0, 2326), "Z": (7520.0, 9824.0, 2881)}
 COADD_HDUS = ["PRIMARY", "FIBERMAP", "EXP_FIBERMAP"] + [
@@ -42,7 +42,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dr.DemoRelease:
 
 @pytest.fixture(scope="module")
 def truth(demo: dr.DemoRelease):
-    return pq.read_table(demo.truth_path).to_pandas()
+    return read_table(demo.truth_path).to_pandas()
 
 
 def _merged(hdul: fits.HDUList) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -50,10 +50,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from astropy.io import fits
 from scipy.ndimage import gaussian_filter1d
 from scipy.special import expit
+
+from qad_assets.science.parquet_store import write_table_atomic
 
 DATA_DIR = Path(__file__).parent / "data"
 GENERATOR = "qad_assets.science.demo_release"
@@ -246,10 +247,7 @@ def write_demo_release(
         coadds.append(coadd)
         redrocks.append(redrock)
         truth.append(_truth_table(pixel, plan, coadd.relative_to(root).as_posix()))
-    truth_path = root / f"truth-{release}.parquet"
-    tmp = truth_path.with_name(truth_path.name + ".tmp")
-    pq.write_table(pa.concat_tables(truth), tmp)
-    os.replace(tmp, truth_path)
+    truth_path = write_table_atomic(pa.concat_tables(truth), root / f"truth-{release}.parquet")
     return DemoRelease(release, root, coadds, redrocks, truth_path)
 
 
