@@ -127,13 +127,41 @@ def materialize(settings: RunSettings, keys: list[str]) -> list[dict]:
     job = defs.resolve_job_def(PIPELINE_JOB)
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     rows: list[dict] = []
+    checks: list[dict] = []
     for first, last in contiguous_blocks(order, keys):
         tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
         result = job.execute_in_process(instance=instance, tags=tags, run_config=quiet, raise_on_error=False)
         rows.extend(stage_rows(result))
+        checks.extend(check_rows(result))
         if not result.success:
+            print_checks(checks)
             raise UserError(failure_message(result))
+    print_checks(checks)
     return rows
+
+
+def check_rows(result) -> list[dict]:
+    """Every asset check evaluated in a run: asset, check, passed, severity, description."""
+    return [
+        {
+            "asset": evaluation.asset_key.to_user_string(),
+            "check": evaluation.check_name,
+            "passed": evaluation.passed,
+            "severity": evaluation.severity.value,
+            "description": evaluation.description or "",
+        }
+        for evaluation in result.get_asset_check_evaluations()
+    ]
+
+
+def print_checks(checks: list[dict]) -> None:
+    """The asset checks as a table; a failed ERROR check blocks what is downstream of its asset."""
+    if not checks:
+        return
+    print(f"\n{'asset':<22}{'check':<24}{'result':<10}description", file=sys.stderr)
+    for c in checks:
+        result = "pass" if c["passed"] else ("FAIL" if c["severity"] == "ERROR" else "warn")
+        print(f"{c['asset']:<22}{c['check']:<24}{result:<10}{c['description']}", file=sys.stderr)
 
 
 def stage_rows(result) -> list[dict]:
@@ -203,7 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     demo = write_demo_release(
         archive, release=args.release, n_pixels=args.n_pixels, targets_per_pixel=args.targets_per_pixel, seed=args.seed
     )
-    print(f"truth table: {demo.truth}", file=sys.stderr)
+    print(f"truth table: {demo.truth_path}", file=sys.stderr)
     run_pipeline(RunSettings(storage, str(archive)), args.release)
 
 

@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from resources.archive import ArchiveResource
+from resources.gpu import GpuResource
 from resources.ray import RayResource
 from resources.storage import StorageResource
 
@@ -15,7 +16,8 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """The resources of the code location, configured from environment variables.
 
     ``QAD_STORAGE`` (storage root) and ``QAD_ARCHIVE`` (DESI tree) are required at run time;
-    ``QAD_SPECPROD``, ``QAD_QSO_CATALOG``, ``RAY_ADDRESS`` and ``QAD_RAY_NUM_CPUS`` are optional.
+    ``QAD_SPECPROD``, ``QAD_QSO_CATALOG``, ``QAD_DEVICE`` (auto/cuda/cpu), ``RAY_ADDRESS`` and
+    ``QAD_RAY_NUM_CPUS`` are optional.
     """
     return {
         "storage": StorageResource(root=dg.EnvVar("QAD_STORAGE")),
@@ -24,6 +26,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             specprod=os.environ.get("QAD_SPECPROD") or None,
             qso_catalog=os.environ.get("QAD_QSO_CATALOG") or None,
         ),
+        "gpu": GpuResource(device=os.environ.get("QAD_DEVICE", "auto")),
         "ray": RayResource(
             address=os.environ.get("RAY_ADDRESS") or None,
             num_cpus=int(os.environ["QAD_RAY_NUM_CPUS"]) if os.environ.get("QAD_RAY_NUM_CPUS") else None,

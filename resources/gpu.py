@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 import dagster as dg
@@ -32,6 +33,10 @@ class GpuResource(dg.ConfigurableResource):
     def autocast_dtype(self) -> torch.dtype | None:
         """bf16 on CUDA when configured; None (full precision) on CPU."""
         return torch.bfloat16 if self.precision == "bf16" and self.torch_device().type == "cuda" else None
+
+    def dataframe_backend(self) -> str:
+        """``cudf`` when the GPU is used and the ``gpu`` extra (cuDF) is installed, else ``polars``."""
+        return "cudf" if self.torch_device().type == "cuda" and importlib.util.find_spec("cudf") else "polars"
 
     def describe(self) -> dict[str, str]:
         """What the materialization metadata reports about the device."""

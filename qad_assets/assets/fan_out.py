@@ -20,7 +20,11 @@ class PartitionStepsFailed(Exception):
 
 
 def run_partition_steps(
-    context: dg.AssetExecutionContext, ray: RayResource, step_for_key: Callable[[str], Callable[[], StepSummary]]
+    context: dg.AssetExecutionContext,
+    ray: RayResource,
+    step_for_key: Callable[[str], Callable[[], StepSummary]],
+    *,
+    num_gpus: float = 0,
 ) -> dict[str, StepSummary]:
     """Run one step per partition of this run on Ray; log progress as partitions finish."""
     asset = context.asset_key.to_user_string()
@@ -28,7 +32,7 @@ def run_partition_steps(
     summaries: dict[str, StepSummary] = {}
     failures: dict[str, BaseException] = {}
     done = 0
-    for index, outcome in ray.imap_unordered(_call, [step_for_key(key) for key in keys]):
+    for index, outcome in ray.imap_unordered(_call, [step_for_key(key) for key in keys], num_gpus=num_gpus):
         key = keys[index]
         if isinstance(outcome, BaseException):
             failures[key] = outcome
@@ -85,29 +89,56 @@ def stage_metadata(summaries: Mapping[str, StepSummary]) -> dict[str, object]:
     }
 
 
+#: Checks of an asset: name → (blocking, what it checks). Blocking checks fail with ERROR severity and
+#: stop downstream assets; the others warn.
+CheckTable = Mapping[str, tuple[bool, str]]
+
+
+def check_specs(asset: str, checks: CheckTable) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(name, asset=asset, blocking=blocking, description=text)
+        for name, (blocking, text) in checks.items()
+    ]
+
+
+def check_result(
+    asset: str, checks: CheckTable, name: str, passed: bool, metadata: Mapping[str, object]
+) -> dg.AssetCheckResult:
+    blocking, text = checks[name]
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name=name,
+        passed=bool(passed),
+        severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
+        description=text,
+        metadata=dict(metadata),
+    )
+
+
+ACCOUNTING_CHECKS: CheckTable = {
+    "ledger_balances": (True, "input = kept + filtered + quarantined in every partition"),
+    "quarantine_empty": (False, "no input row was quarantined (see the ledger files)"),
+}
+
+
 def accounting_checks(asset: str, summaries: Mapping[str, StepSummary]) -> list[dg.AssetCheckResult]:
     """Blocking: every input row is kept, filtered or quarantined. Warning: quarantine is empty."""
-    unbalanced = {k: s for k, s in summaries.items() if not s.balanced}
+    unbalanced = {k: [s.rows_in, s.kept, s.filtered, s.quarantined] for k, s in summaries.items() if not s.balanced}
     quarantined = {k: s.quarantined for k, s in summaries.items() if s.quarantined}
     return [
-        dg.AssetCheckResult(
-            asset_key=asset,
-            check_name="ledger_balances",
-            passed=not unbalanced,
-            description="input = kept + filtered + quarantined in every partition",
-            metadata={
-                "unbalanced_partitions": dg.MetadataValue.json(
-                    {k: [s.rows_in, s.kept, s.filtered, s.quarantined] for k, s in unbalanced.items()}
-                )
-            },
+        check_result(
+            asset,
+            ACCOUNTING_CHECKS,
+            "ledger_balances",
+            not unbalanced,
+            {"unbalanced_partitions": dg.MetadataValue.json(unbalanced)},
         ),
-        dg.AssetCheckResult(
-            asset_key=asset,
-            check_name="quarantine_empty",
-            passed=not quarantined,
-            severity=dg.AssetCheckSeverity.WARN,
-            description="no input row was quarantined",
-            metadata={"quarantined_by_partition": dg.MetadataValue.json(quarantined)},
+        check_result(
+            asset,
+            ACCOUNTING_CHECKS,
+            "quarantine_empty",
+            not quarantined,
+            {"quarantined_by_partition": dg.MetadataValue.json(quarantined)},
         ),
     ]
 
@@ -115,19 +146,3 @@ def accounting_checks(asset: str, summaries: Mapping[str, StepSummary]) -> list[
 def arrow_table_schema(schema: pa.Schema) -> dg.TableSchema:
     """An Arrow schema as Dagster column metadata, so the UI shows each product's columns."""
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
-
-
-def accounting_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
-    return [
-        dg.AssetCheckSpec(
-            "ledger_balances",
-            asset=asset,
-            blocking=True,
-            description="input = kept + filtered + quarantined in every partition",
-        ),
-        dg.AssetCheckSpec(
-            "quarantine_empty",
-            asset=asset,
-            description="warns when any input row was quarantined (see the ledger files)",
-        ),
-    ]

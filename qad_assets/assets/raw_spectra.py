@@ -5,9 +5,10 @@ from functools import partial
 import dagster as dg
 
 from qad_assets.assets.fan_out import (
-    accounting_check_specs,
+    ACCOUNTING_CHECKS,
     accounting_checks,
     arrow_table_schema,
+    check_specs,
     run_partition_steps,
     stage_metadata,
 )
@@ -26,7 +27,7 @@ PARTITION_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPO
     partitions_def=spectra_partitions,
     backfill_policy=SPECTRA_BACKFILL,
     retry_policy=PARTITION_RETRY,
-    check_specs=accounting_check_specs("raw_spectra"),
+    check_specs=check_specs("raw_spectra", ACCOUNTING_CHECKS),
     kinds={"parquet", "ray"},
     group_name="spectra",
     code_version="1",

@@ -57,6 +57,17 @@ def iter_tables(
         yield _cast(table, schema) if schema is not None else table
 
 
+def row_count(path: Path) -> int:
+    """Rows in a product file, from its footer (no data pages read)."""
+    return pl.scan_parquet(path).select(pl.len()).collect().item()
+
+
+def schema_matches(path: Path, schema: pa.Schema) -> bool:
+    """Whether a file holds exactly ``schema``'s columns, in order, with its types (footer only)."""
+    expected = pl.from_arrow(schema.empty_table()).schema
+    return pl.read_parquet_schema(path) == dict(expected)
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The key-value metadata of a product file (e.g. the rest-frame grid)."""
     return pl.read_parquet_metadata(path)

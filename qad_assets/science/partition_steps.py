@@ -11,12 +11,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from qad_assets.science import ledger
 from qad_assets.science.desi_archive import HealpixCoadd
-from qad_assets.science.desi_io import read_spectra_file
-from qad_assets.science.parquet_store import write_table_atomic
+from qad_assets.science.desi_io import RAW_SPECTRA_SCHEMA, read_spectra_file
+from qad_assets.science.parquet_store import read_table, write_table_atomic
+from qad_assets.science.rest_frame import (
+    NORM_MIN_WAVE,
+    NORMALIZED_SCHEMA,
+    REST_GRID,
+    RestFrameGrid,
+    masked_median,
+    normalized_table,
+    spectra_to_numpy,
+)
+from qad_assets.science.spectral_features import Backend, spectral_features
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class StepSummary:
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     output: str = ""
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -78,3 +90,40 @@ def ingest_healpix_coadd(
     write_table_atomic(result.spectra, out)
     write_table_atomic(result.ledger, ledger_out)
     return summarize_ledger(result.ledger, seconds=time.perf_counter() - start, output=out)
+
+
+#: The band the per-spectrum median of normalized flux (good pixels redward of 1250 Å) must fall in.
+#: The scale is that median, so it is 1 unless the spectrum fell back to a noise-dominated scale.
+NORMALIZED_MEDIAN_BAND = (0.5, 2.0)
+
+
+def normalize_partition(raw: Path, *, out: Path, grid: RestFrameGrid = REST_GRID, device: str = "cpu") -> StepSummary:
+    """``raw_spectra`` Parquet → rest frame, normalized ``normalized_spectra`` Parquet.
+
+    Every raw row is kept (low-coverage spectra are flagged, not dropped); ``stats`` carries what the
+    asset checks need: non-finite values, spectra outside the median-flux band, low-coverage count.
+    """
+    start = time.perf_counter()
+    table = normalized_table(read_table(raw, RAW_SPECTRA_SCHEMA), grid, device=device)
+    write_table_atomic(table, out)
+    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
+    lo, hi = NORMALIZED_MEDIAN_BAND
+    median = masked_median(flux, (ivar > 0) & (grid.wave >= NORM_MIN_WAVE))
+    stats = {
+        "nonfinite_values": int((~np.isfinite(flux)).sum() + (~np.isfinite(ivar)).sum()),
+        "nonfinite_scale": int((~np.isfinite(table["scale"].to_numpy())).sum()),
+        "median_outside_band": int(((median < lo) | (median > hi) | ~np.isfinite(median)).sum()),
+        "low_coverage": int(table["low_coverage"].to_numpy(zero_copy_only=False).sum()),
+    }
+    n = table.num_rows
+    return StepSummary(n, n, 0, 0, seconds=time.perf_counter() - start, output=str(out), stats=stats)
+
+
+def feature_partition(normalized: Path, *, out: Path, backend: Backend = "polars") -> StepSummary:
+    """``normalized_spectra`` Parquet → the ``spectral_features`` table of the partition."""
+    start = time.perf_counter()
+    table = read_table(normalized, NORMALIZED_SCHEMA)
+    features = spectral_features(table, REST_GRID, backend=backend)
+    write_table_atomic(features.to_arrow(), out)
+    n = table.num_rows
+    return StepSummary(n, n, 0, 0, seconds=time.perf_counter() - start, output=str(out))

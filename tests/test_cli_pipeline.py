@@ -1,0 +1,92 @@
+"""``qad demo`` end to end: the demo release through Dagster into Parquet, runs kept in the instance."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from qad_assets.science import ledger
+from qad_assets.science.desi_io import RAW_SPECTRA_SCHEMA
+from qad_assets.science.parquet_store import read_table, row_count, schema_matches
+from qad_assets.science.rest_frame import NORMALIZED_SCHEMA
+
+
+def qad(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "QAD_RAY_NUM_CPUS": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "qad_assets.cli", *args], capture_output=True, text=True, timeout=900, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    storage = tmp_path_factory.mktemp("storage")
+    done = qad("demo", "--storage", str(storage), "--n-pixels", "3", "--targets-per-pixel", "120", "--seed", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return storage, done
+
+
+def test_demo_writes_every_partition_and_accounts_for_every_target(demo) -> None:
+    storage, _ = demo
+    truth = read_table(storage / "demo_archive" / "truth-demo.parquet").to_pandas()
+    raw = sorted((storage / "raw_spectra" / "demo").glob("*.parquet"))
+    assert len(raw) == 3
+    ledgers = [read_table(p) for p in sorted((storage / "raw_spectra" / "demo" / "ledger").glob("*.parquet"))]
+    statuses = [s for t in ledgers for s in t.column("status").to_pylist()]
+    assert len(statuses) == len(truth)
+    assert statuses.count(ledger.KEPT) == int((truth.expected_status == "kept").sum())
+    assert statuses.count(ledger.QUARANTINED) == int((truth.expected_status == "quarantined").sum())
+    for path in raw:
+        assert schema_matches(path, RAW_SPECTRA_SCHEMA)
+        normalized = storage / "normalized_spectra" / "demo" / path.name
+        assert schema_matches(normalized, NORMALIZED_SCHEMA)
+        assert row_count(normalized) == row_count(path)
+        assert row_count(storage / "spectral_features" / "demo" / path.name) == row_count(path)
+
+
+def test_summary_table_and_checks_are_printed(demo) -> None:
+    _, done = demo
+    assert "raw_spectra" in done.stdout and "kept" in done.stdout and "quarantined" in done.stdout
+    assert "ledger_balances" in done.stderr and "pass" in done.stderr
+    assert "raw_spectra 3/3" in done.stderr  # progress, one line per partition
+
+
+def test_runs_and_materializations_are_in_the_storage_instance(demo) -> None:
+    storage, _ = demo
+    with dg.DagsterInstance.from_config(str(storage / "dagster_home")) as instance:
+        runs = instance.get_runs()
+        assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        partitions = instance.get_dynamic_partitions("spectra_partitions")
+        assert len(partitions) == 3
+        for asset in ("raw_spectra", "normalized_spectra", "spectral_features"):
+            assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(partitions)
+
+
+def test_rerunning_a_release_gives_the_same_rows(demo, tmp_path: Path) -> None:
+    storage, _ = demo
+    first = {p.name: p.read_bytes() for p in (storage / "raw_spectra" / "demo").glob("*.parquet")}
+    again = qad("run", "--archive", str(storage / "demo_archive"), "--storage", str(storage))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in (storage / "raw_spectra" / "demo").glob("*.parquet")} == first
+
+
+def test_errors_name_the_problem_without_a_traceback(tmp_path: Path) -> None:
+    missing = qad("run", "--archive", str(tmp_path / "nowhere"), "--storage", str(tmp_path / "s"))
+    assert missing.returncode == 2
+    assert "nowhere: no such directory" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = qad("run", "--archive", str(tmp_path / "empty"), "--storage", str(tmp_path / "s"))
+    assert empty.returncode == 2 and "no spectro/redux/<specprod>/ folder" in empty.stderr
+
+
+def test_help_documents_every_option() -> None:
+    for command, options in {
+        "demo": ["--storage", "--n-pixels", "--targets-per-pixel", "--seed", "--debug"],
+        "run": ["--archive", "--release", "--specprod", "--storage", "--qso-catalog", "--debug"],
+        "ui": ["--storage", "--host", "--port"],
+    }.items():
+        text = qad(command, "--help").stdout
+        assert all(option in text for option in options), (command, text)

@@ -1,0 +1,390 @@
+"""Spectral features: recovery of known lines and BAL troughs, coverage nulls, and agreement with a
+straightforward per-spectrum pandas reference implementation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from qad_assets.science.rest_frame import BRZ_WAVE, C_KMS, REST_GRID, normalized_table, spectra_to_numpy
+from qad_assets.science.spectral_features import (
+    AI_MIN_WIDTH,
+    BAL_LINES,
+    BAL_MAX_ITER,
+    BAL_VMAX_AI,
+    BAL_VMAX_BI,
+    BAL_VMIN,
+    BI_MIN_WIDTH,
+    CONTINUUM_WINDOWS,
+    LINES,
+    MIN_BAND_GOOD,
+    MIN_PEAK_SNR,
+    MIN_SLOPE_SPAN,
+    MIN_WINDOW_GOOD,
+    SMOOTH_PIXELS,
+    pca_eigenvectors,
+    spectral_features,
+)
+
+COMPOSITE = Path(__file__).parent / "data" / "composites" / "VandenBerk2001.dat"
+
+
+def composite() -> tuple[np.ndarray, np.ndarray]:
+    """Vanden Berk et al. (2001) SDSS median quasar composite: rest Å, relative f_λ."""
+    table = np.loadtxt(COMPOSITE, comments="#")
+    return table[:, 0], table[:, 1]
+
+
+def observe(
+    rest_model, z: float, *, snr: float = 30.0, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A model rest-frame f_λ(λ) seen at redshift z on the brz grid, with Gaussian noise of S/N ``snr``."""
+    flux = rest_model(BRZ_WAVE / (1 + z))
+    sigma = np.full_like(flux, np.median(flux) / snr)
+    if rng is not None:
+        flux = flux + rng.normal(0.0, sigma)
+    return flux.astype(np.float32), (1 / sigma**2).astype(np.float32)
+
+
+def composite_model(trough: tuple[float, float, float, float] | None = None):
+    """The composite, optionally with a flat BAL trough (line Å, v_lo, v_hi km/s, depth) cut into it."""
+    wave, flux = composite()
+
+    def model(rest: np.ndarray) -> np.ndarray:
+        f = np.interp(rest, wave, flux)
+        if trough is not None:
+            line, v_lo, v_hi, depth = trough
+            v = C_KMS * (rest - line) / line
+            f = np.where((v > v_lo) & (v < v_hi), f * (1 - depth), f)
+        return f
+
+    return model
+
+
+def gaussian_line_model(fwhm_kms: float, ew: float, voff_kms: float = 0.0, alpha: float = -1.5):
+    """A power law f_λ ∝ λ^α plus one Gaussian emission line at CIV of given FWHM, EW and offset."""
+    centre = LINES["civ"].ref * math.exp(voff_kms / C_KMS)
+    sigma = centre * fwhm_kms / C_KMS / (2 * math.sqrt(2 * math.log(2)))
+
+    def model(rest: np.ndarray) -> np.ndarray:
+        continuum = (rest / 1500.0) ** alpha
+        line = ew / (sigma * math.sqrt(2 * math.pi)) * np.exp(-0.5 * ((rest - centre) / sigma) ** 2)
+        return continuum * (1 + line)
+
+    return model
+
+
+def raw_table(spectra: list[tuple[np.ndarray, np.ndarray]], z: list[float]) -> pa.Table:
+    flux = np.stack([s[0] for s in spectra])
+    ivar = np.stack([s[1] for s in spectra])
+
+    def lists(values: np.ndarray, kind: pa.DataType) -> pa.FixedSizeListArray:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), kind), values.shape[1])
+
+    snr = pa.array(np.linspace(1, 2, len(z)), pa.float32())
+    return pa.table(
+        {
+            "TARGETID": pa.array(np.arange(len(z)) + 100, pa.int64()),
+            "Z": pa.array(z, pa.float64()),
+            "flux": lists(flux, pa.float32()),
+            "ivar": lists(ivar, pa.float32()),
+            "good": lists(ivar > 0, pa.bool_()),
+            "snr_b": snr,
+            "snr_r": snr,
+            "snr_z": snr,
+        }
+    )
+
+
+def features_of(spectra: list[tuple[np.ndarray, np.ndarray]], z: list[float]) -> pl.DataFrame:
+    return spectral_features(normalized_table(raw_table(spectra, z)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Recovery of known inputs
+
+
+@pytest.mark.parametrize("voff", [0.0, 1500.0])
+def test_injected_gaussian_line_is_recovered(voff):
+    """On a flat continuum the side-band line is exact, so EW, FWHM and offset must come back."""
+    model = gaussian_line_model(fwhm_kms=4000.0, ew=40.0, voff_kms=voff, alpha=0.0)
+    row = features_of([observe(model, 2.2)], [2.2]).row(0, named=True)
+    assert row["civ_ew"] == pytest.approx(40.0, rel=0.01)
+    assert row["civ_fwhm"] == pytest.approx(4000.0, rel=0.03)
+    assert row["civ_voff"] == pytest.approx(voff, abs=40.0)
+    assert row["ciii_ew"] == pytest.approx(0.0, abs=0.1)  # no line there
+    assert row["ciii_fwhm"] is None  # and so no peak
+
+
+@pytest.mark.parametrize(("alpha", "z"), [(-1.5, 0.5), (-1.5, 2.2), (-0.5, 3.5)])
+def test_power_law_slope_is_recovered(alpha, z):
+    row = features_of([observe(gaussian_line_model(4000.0, 0.0, alpha=alpha), z)], [z]).row(0, named=True)
+    assert row["alpha_lambda"] == pytest.approx(alpha, abs=0.01)
+
+
+def test_bal_trough_gives_the_analytic_balnicity():
+    """A flat trough at 50% of the continuum from −20000 to −10000 km/s: BI = (1 − 0.5/0.9)(10000 − 2000)."""
+    rng = np.random.default_rng(1)
+    model = composite_model(trough=(BAL_LINES["civ"], -20000.0, -10000.0, 0.5))
+    z = [2.5, 2.5, 3.0]
+    frame = features_of([observe(model, zi, snr=40, rng=rng) for zi in z], z)
+    depth = 1 - 0.5 / 0.9
+    np.testing.assert_allclose(frame["civ_bi"], depth * (10000 - BI_MIN_WIDTH), rtol=0.05)
+    np.testing.assert_allclose(frame["civ_ai"], depth * (10000 - AI_MIN_WIDTH), rtol=0.05)
+    assert (frame["siiv_bi"] == 0).all()
+
+
+def test_normal_quasar_has_no_bal():
+    rng = np.random.default_rng(2)
+    z = [1.9, 2.3, 2.8, 3.4, 4.0]
+    frame = features_of([observe(composite_model(), zi, snr=20, rng=rng) for zi in z], z)
+    for column in ("civ_bi", "civ_ai", "siiv_bi", "siiv_ai"):
+        assert (frame[column] == 0).all(), column
+
+
+def test_composite_lines_are_measured_where_covered_and_null_elsewhere():
+    rng = np.random.default_rng(3)
+    z = [0.2, 1.2, 2.1, 4.0]  # MgII needs z < 2.3 (red band to 2945 Å), CIV z > 1.5, Lyα+N V z > 2.1
+    frame = features_of([observe(composite_model(), zi, snr=50, rng=rng) for zi in z], z)
+    covered = {name: frame[f"{name}_ew"].is_not_null().to_list() for name in LINES}
+    assert covered["halpha"] == [True, False, False, False]
+    assert covered["hbeta"] == [True, False, False, False]
+    assert covered["mgii"] == [False, True, True, False]
+    assert covered["civ"] == [False, False, True, True]
+    assert covered["lya"] == [False, False, True, True]
+    assert frame["civ_bi"].is_null().to_list() == [True, True, False, False]
+    for name in LINES:  # EW, FWHM and offset are null together, never NaN
+        for suffix in ("fwhm", "voff"):
+            column = frame[f"{name}_{suffix}"]
+            assert column.is_nan().sum() == 0 and column.is_null().to_list() == frame[f"{name}_ew"].is_null().to_list()
+    # Vanden Berk et al. 2001 Table 2: EW(MgII) 32.3 Å, EW(CIII]) 21.2 Å, broad lines a few 1000 km/s wide
+    mgii = frame.filter(pl.col("mgii_ew").is_not_null())
+    assert mgii["mgii_ew"].to_numpy() == pytest.approx(32.0, abs=3.0)
+    assert ((mgii["mgii_fwhm"] > 2000) & (mgii["mgii_fwhm"] < 6000)).all()
+    assert (frame["ciii_ew"].drop_nulls() - 21.2).abs().max() < 3.0
+
+
+def test_polars_input_and_passthrough_columns():
+    rng = np.random.default_rng(4)
+    z = [1.0, 2.5]
+    table = normalized_table(raw_table([observe(composite_model(), zi, rng=rng) for zi in z], z))
+    from_table = spectral_features(table)
+    from_polars = spectral_features(pl.from_arrow(table))
+    assert from_table.equals(from_polars)
+    assert from_table["TARGETID"].to_list() == [100, 101]
+    assert from_table["snr_b"].to_list() == pytest.approx([1.0, 2.0])
+    assert (from_table["snr_rest"] > 10).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# The reference: one spectrum at a time, plain loops, assembled with pandas
+
+
+def ref_band_median(wave, flux, good, lo, hi) -> float:
+    sel = (wave >= lo) & (wave < hi)
+    if good[sel].mean() < MIN_BAND_GOOD:
+        return math.nan
+    return float(np.median(flux[sel][good[sel]]))
+
+
+def ref_slope(wave, flux, good) -> float:
+    points = []
+    for lo, hi in CONTINUUM_WINDOWS:
+        m = ref_band_median(wave, flux, good, lo, hi)
+        if m > 0:
+            points.append((math.log(0.5 * (lo + hi)), math.log(m)))
+    if len(points) < 2 or max(p[0] for p in points) - min(p[0] for p in points) < math.log(MIN_SLOPE_SPAN):
+        return math.nan
+    x, y = np.array(points).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def ref_line(wave, flux, ivar, line) -> tuple[float, float, float]:
+    good = ivar > 0
+    blue = ref_band_median(wave, flux, good, *line.blue)
+    red = ref_band_median(wave, flux, good, *line.red)
+    sel = (wave >= line.window[0]) & (wave < line.window[1])
+    w, f, g, iv = wave[sel], flux[sel], good[sel], ivar[sel]
+    xb, xr = sum(line.blue) / 2, sum(line.red) / 2
+    cont = blue + (red - blue) * (w - xb) / (xr - xb)
+    if not (g.mean() >= MIN_WINDOW_GOOD and np.all(cont > 0)):
+        return math.nan, math.nan, math.nan
+    widths = np.diff(REST_GRID.edges)[sel]
+    ew = np.mean((f / cont - 1)[g] * widths[g]) / np.mean(widths[g]) * widths.sum()
+    p = f - cont
+    half = SMOOTH_PIXELS // 2
+    smooth, noise = np.zeros(len(p)), np.full(len(p), np.inf)
+    for i in range(len(p)):
+        neighbours = [j for j in range(i - half, i + half + 1) if 0 <= j < len(p) and g[j]]
+        if neighbours:
+            smooth[i] = np.mean(p[neighbours])
+            noise[i] = math.sqrt(np.sum(1 / iv[neighbours])) / len(neighbours)
+    top = int(np.argmax(smooth))
+    if top in (0, len(p) - 1) or smooth[top] <= MIN_PEAK_SNR * noise[top]:
+        return ew, math.nan, math.nan
+    a, b, c = smooth[top - 1], smooth[top], smooth[top + 1]
+    shift = min(max(0.5 * (a - c) / (a - 2 * b + c), -0.5), 0.5) if a - 2 * b + c < 0 else 0.0
+    left = top
+    while left >= 0 and smooth[left] >= b / 2:
+        left -= 1
+    right = top
+    while right < len(p) and smooth[right] >= b / 2:
+        right += 1
+    if left < 0 or right >= len(p):
+        return ew, math.nan, math.nan
+    x_left = left + (b / 2 - smooth[left]) / (smooth[left + 1] - smooth[left])
+    x_right = right - (b / 2 - smooth[right]) / (smooth[right - 1] - smooth[right])
+    dlnl = math.log(w[1] / w[0])
+    fwhm = C_KMS * dlnl * (x_right - x_left)
+    voff = C_KMS * (math.log(w[0]) + dlnl * (top + shift) - math.log(line.ref))
+    return ew, fwhm, voff
+
+
+def ref_window(wave, flux, ivar, model, ref, vmax):
+    """Velocities, flux/model and σ/model in a BAL window; masked pixels take the last good value."""
+    v = C_KMS * (wave - ref) / ref
+    sel = np.flatnonzero((v >= BAL_VMIN) & (v < vmax))
+    good = ivar[sel] > 0
+    nf, sig = np.empty(len(sel)), np.empty(len(sel))
+    last = int(np.argmax(good))
+    for k in range(len(sel)):
+        if good[k]:
+            last = k
+        j = sel[last]
+        with np.errstate(divide="ignore"):
+            nf[k], sig[k] = (flux[j] / model[j], 1 / np.sqrt(ivar[j]) / model[j]) if model[j] > 0 else (np.nan,) * 2
+    return sel, v[sel], nf, sig, good
+
+
+def ref_troughs(nf, sig, v, min_width, ai) -> list[tuple[int, int]]:
+    """baltools determine_trough_BI / determine_trough_AI, as a loop."""
+    expr = (1 - nf / 0.9) - 0.5 * sig
+    if np.median(nf) < np.median(sig):
+        return []
+    found, vel, start, n = [], 0.0, 0, len(nf)
+    for i in range(n):
+        if expr[i] > 0:
+            if vel == 0:
+                start, vel = i, 1e-9
+            else:
+                vel += v[i] - v[i - 1]
+            if i == n - 1 and v[i] - v[start] > min_width:
+                found.append((start, i))
+            continue
+        bridge = (
+            i < n - 2 and expr[i + 1] > 0 and i >= 1 and expr[i - 1] > 0 and (not ai or (i >= 2 and expr[i - 2] > 0))
+        )
+        if bridge and vel != 0:
+            vel += v[i] - v[i - 1]
+            continue
+        if vel != 0 and v[i - 1] - v[start] > min_width:
+            end = i - 1
+            mean_flux = np.mean(nf[start:end])
+            mean_sig = np.mean(sig[start:end]) / math.sqrt(end - start)
+            if not ai or 1 - (mean_flux + 3 * mean_sig) / 0.9 > 0:
+                found.append((start, end))
+        vel = 0.0
+    return found
+
+
+def ref_index(v, nf, troughs, min_width) -> float:
+    """baltools calculate_Index summed over troughs."""
+    total = 0.0
+    for start, end in troughs:
+        value, vrange = 0.0, 0.0
+        for i in range(start, end - 1):
+            vrange += v[i + 1] - v[i]
+            if vrange >= min_width:
+                value += (v[i + 1] - v[i]) * (1 - nf[i + 1] / 0.9)
+        total += max(value, 0.0)
+    return total
+
+
+def ref_bal(wave, flux, ivar) -> dict[str, float]:
+    cols, design = pca_eigenvectors(REST_GRID)
+    weight = np.where(ivar[cols] > 0, ivar[cols], 0.0)
+    keep = np.ones(design.shape[0], bool)
+    model = np.zeros(len(wave))
+    for _ in range(BAL_MAX_ITER):
+        root = np.sqrt(weight * keep)
+        coeffs = np.linalg.lstsq(design * root[:, None], flux[cols] * root, rcond=None)[0]
+        model[cols] = design @ coeffs
+        mask = np.zeros(design.shape[0], bool)
+        for ref in BAL_LINES.values():
+            sel, v, nf, sig, _ = ref_window(wave, flux, ivar, model, ref, BAL_VMAX_AI)
+            for start, end in ref_troughs(nf, sig, v, AI_MIN_WIDTH, ai=True):
+                mask[sel[start] - cols.start : sel[end] - cols.start] = True
+        if np.array_equal(~mask, keep):
+            break
+        keep = ~mask
+    fit_ok = (weight > 0).sum() >= 50
+    good_idx = np.flatnonzero(ivar > 0)
+    out = {}
+    for name, ref in BAL_LINES.items():
+        for kind, vmax, width, ai in (
+            ("bi", BAL_VMAX_BI, BI_MIN_WIDTH, False),
+            ("ai", BAL_VMAX_AI, AI_MIN_WIDTH, True),
+        ):
+            sel, v, nf, sig, good = ref_window(wave, flux, ivar, model, ref, vmax)
+            covered = (
+                fit_ok
+                and good_idx.size > 0
+                and good_idx[0] <= sel[0]
+                and good_idx[-1] >= sel[-1]
+                and good.mean() >= MIN_WINDOW_GOOD
+                and np.all(model[sel] > 0)
+            )
+            out[f"{name}_{kind}"] = ref_index(v, nf, ref_troughs(nf, sig, v, width, ai), width) if covered else math.nan
+    return out
+
+
+def reference_features(table: pa.Table) -> pd.DataFrame:
+    wave = REST_GRID.wave
+    flux_all, ivar_all = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
+    rows = []
+    for i in range(table.num_rows):
+        flux, ivar = flux_all[i].astype(np.float64), ivar_all[i].astype(np.float64)
+        good = ivar > 0
+        row = {
+            "TARGETID": table["TARGETID"][i].as_py(),
+            "snr_rest": float(np.median(flux[good] * np.sqrt(ivar[good]))),
+            "alpha_lambda": ref_slope(wave, flux, good),
+        }
+        for name, line in LINES.items():
+            row[f"{name}_ew"], row[f"{name}_fwhm"], row[f"{name}_voff"] = ref_line(wave, flux, ivar, line)
+        row |= ref_bal(wave, flux, ivar)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_polars_equals_the_pandas_reference():
+    rng = np.random.default_rng(9)
+    cases = [
+        (0.25, composite_model(), 25),
+        (0.6, composite_model(), 8),
+        (1.1, composite_model(), 15),
+        (1.7, composite_model(), 30),
+        (2.1, composite_model(trough=(BAL_LINES["civ"], -15000, -6000, 0.6)), 20),
+        (2.4, composite_model(trough=(BAL_LINES["siiv"], -12000, -2000, 0.4)), 12),
+        (2.6, composite_model(trough=(BAL_LINES["civ"], -24000, -22500, 0.7)), 25),
+        (3.1, composite_model(), 6),
+        (3.6, gaussian_line_model(5000.0, 30.0, 700.0), 10),
+        (4.4, composite_model(), 15),
+    ]
+    spectra = [observe(model, z, snr=snr, rng=rng) for z, model, snr in cases]
+    spectra[3][1][2000:2600] = 0  # a masked stretch
+    spectra[6][1][rng.random(BRZ_WAVE.size) < 0.05] = 0  # scattered bad pixels
+    table = normalized_table(raw_table(spectra, [c[0] for c in cases]))
+    got = spectral_features(table).to_pandas()
+    want = reference_features(table)
+    for column in want.columns:
+        np.testing.assert_allclose(
+            got[column].to_numpy(float), want[column].to_numpy(float), rtol=1e-6, atol=1e-6, err_msg=column
+        )
+    assert np.nansum(want["civ_bi"]) > 0 and np.nansum(want["siiv_ai"]) > 0  # the BAL paths were exercised
