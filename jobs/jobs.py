@@ -1,11 +1,15 @@
 """Jobs: one per way the lab runs the pipeline."""
 
-from __future__ import annotations
-
 import dagster as dg
 
-pipeline_job = dg.define_asset_job(
-    "qad_pipeline",
-    selection=dg.AssetSelection.all(),
-    description="Every per-partition product of the selected spectra partitions, with their checks.",
+spectra_job = dg.define_asset_job(
+    "qad_spectra",
+    selection=dg.AssetSelection.groups("spectra"),
+    description="raw_spectra → normalized_spectra → spectral_features for the selected spectra partitions.",
+)
+
+train_job = dg.define_asset_job(
+    "qad_train",
+    selection=dg.AssetSelection.assets("vae_model"),
+    description="Train and register the VAE of a release (partition = release).",
 )

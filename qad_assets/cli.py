@@ -21,7 +21,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTANCE_TEMPLATE = REPO_ROOT / "dagster.yaml"
 SETTINGS_FILE = "qad-settings.json"
-PIPELINE_JOB = "qad_pipeline"
+SPECTRA_JOB = "qad_spectra"
+RELEASE_JOBS = ("qad_train",)
 
 
 class UserError(Exception):
@@ -76,8 +77,8 @@ def prepare_instance_home(storage: Path) -> Path:
 
 def find_partitions(archive: str, release: str | None, specprod: str | None) -> tuple[str, str, list[str]]:
     """(release, specprod, partition keys) of the healpix coadds found in ``archive``."""
-    from qad_assets.partitions import SpectraPartition
-    from qad_assets.science.desi_archive import find_healpix_coadds, list_specprods
+    from qad_assets.partitions import archive_partition_keys
+    from qad_assets.science.desi_archive import list_specprods
 
     specprods = list_specprods(archive)
     if specprod is None:
@@ -89,48 +90,38 @@ def find_partitions(archive: str, release: str | None, specprod: str | None) -> 
     release = release or specprod
     if not release.isalnum() or release != release.lower():
         raise UserError(f"release name {release!r} must be lower-case letters and digits (use --release)")
-    coadds = find_healpix_coadds(archive, specprod)
-    if not coadds:
+    keys = archive_partition_keys(archive, specprod, release)
+    if not keys:
         raise UserError(f"{archive}/spectro/redux/{specprod}/healpix: no coadd-<survey>-<program>-<pix>.fits files")
-    keys = [SpectraPartition(release, c.survey, c.program, c.healpix).key for c in coadds]
     return release, specprod, keys
 
 
-def contiguous_blocks(order: list[str], wanted: list[str]) -> list[tuple[str, str]]:
-    """Split ``wanted`` into (first, last) ranges that are contiguous in the partition order."""
-    position = {key: i for i, key in enumerate(order)}
-    indices = sorted(position[key] for key in wanted)
-    blocks: list[tuple[str, str]] = []
-    start = prev = indices[0]
-    for i in indices[1:]:
-        if i != prev + 1:
-            blocks.append((order[start], order[prev]))
-            start = i
-        prev = i
-    blocks.append((order[start], order[prev]))
-    return blocks
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
-def materialize(settings: RunSettings, keys: list[str]) -> list[dict]:
-    """Materialize every asset of the pipeline job for ``keys`` through the Dagster instance."""
+def materialize(settings: RunSettings, release: str, keys: list[str]) -> list[dict]:
+    """Materialize the release through the Dagster instance: the spectra partitions in as few runs as
+    their order allows, then the per-release products. Stops at the first failed run.
+    """
     os.environ.update(settings.environment())
     prepare_instance_home(settings.storage)
     import dagster as dg
 
     from qad_assets.definitions import defs
-    from qad_assets.partitions import spectra_partitions
+    from qad_assets.partitions import contiguous_ranges, range_tags, release_partitions, spectra_partitions
 
     instance = dg.DagsterInstance.get()
-    known = set(instance.get_dynamic_partitions(spectra_partitions.name))
-    instance.add_dynamic_partitions(spectra_partitions.name, [k for k in keys if k not in known])
+    add_partitions(instance, spectra_partitions.name, keys)
+    add_partitions(instance, release_partitions.name, [release])
     order = instance.get_dynamic_partitions(spectra_partitions.name)
-    job = defs.resolve_job_def(PIPELINE_JOB)
-    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    runs = [(SPECTRA_JOB, {"tags": range_tags(first, last)}) for first, last in contiguous_ranges(order, keys)]
+    runs += [(job, {"partition_key": release}) for job in RELEASE_JOBS]
     rows: list[dict] = []
     checks: list[dict] = []
-    for first, last in contiguous_blocks(order, keys):
-        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
-        result = job.execute_in_process(instance=instance, tags=tags, run_config=quiet, raise_on_error=False)
+    for job_name, selection in runs:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, run_config=QUIET, raise_on_error=False, **selection
+        )
         rows.extend(stage_rows(result))
         checks.extend(check_rows(result))
         if not result.success:
@@ -138,6 +129,11 @@ def materialize(settings: RunSettings, keys: list[str]) -> list[dict]:
             raise UserError(failure_message(result))
     print_checks(checks)
     return rows
+
+
+def add_partitions(instance, name: str, keys: list[str]) -> None:
+    known = set(instance.get_dynamic_partitions(name))
+    instance.add_dynamic_partitions(name, [k for k in keys if k not in known])
 
 
 def check_rows(result) -> list[dict]:
@@ -186,28 +182,35 @@ def failure_message(result) -> str:
     return "pipeline run failed\n" + "\n".join(messages or [f"run {result.run_id} did not succeed"])
 
 
+COUNTS = ("partitions", "rows_in", "rows_kept", "rows_filtered", "rows_quarantined", "seconds")
+#: What the summary shows for a per-release product, which has no row counts.
+RELEASE_FIELDS = ("model_version", "val_reduced_chi2", "epochs_run", "overall_auroc")
+
+
 def print_summary(rows: list[dict], seconds: float, storage: Path) -> None:
-    """Rows in/kept/filtered/quarantined per stage, time, and where the outputs are."""
-    by_stage: dict[str, dict] = {}
+    """Rows in/kept/filtered/quarantined per stage (or the key figures of a per-release product), time,
+    and where the outputs are.
+    """
+    totals: dict[str, dict] = {}
     for row in rows:
-        total = by_stage.setdefault(
-            row["stage"], {"partitions": 0, "in": 0, "kept": 0, "filtered": 0, "quarantined": 0, "seconds": 0.0}
+        total = totals.setdefault(row["stage"], dict.fromkeys(COUNTS, 0) | {"detail": ""})
+        for name in COUNTS:
+            total[name] += row.get(name, 0)
+        total["detail"] = ", ".join(
+            f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in RELEASE_FIELDS if k in row
         )
-        total["partitions"] += int(row.get("partitions", 0))
-        total["in"] += int(row.get("rows_in", 0))
-        total["kept"] += int(row.get("rows_kept", 0))
-        total["filtered"] += int(row.get("rows_filtered", 0))
-        total["quarantined"] += int(row.get("rows_quarantined", 0))
-        total["seconds"] += float(row.get("seconds", 0.0))
     header = f"{'stage':<22}{'partitions':>11}{'in':>9}{'kept':>9}{'filtered':>10}{'quarantined':>13}{'cpu s':>9}"
     print("\n" + header + "\n" + "-" * len(header))
-    for stage, t in by_stage.items():
+    for stage, t in totals.items():
+        if t["detail"]:
+            print(f"{stage:<22}{t['detail']}")
+            continue
         print(
-            f"{stage:<22}{t['partitions']:>11}{t['in']:>9}{t['kept']:>9}{t['filtered']:>10}"
-            f"{t['quarantined']:>13}{t['seconds']:>9.1f}"
+            f"{stage:<22}{t['partitions']:>11}{t['rows_in']:>9}{t['rows_kept']:>9}{t['rows_filtered']:>10}"
+            f"{t['rows_quarantined']:>13}{t['seconds']:>9.1f}"
         )
     print(f"\nwall time {seconds:.1f} s")
-    for stage in by_stage:
+    for stage in totals:
         print(f"{stage:<22}{storage / stage}")
     print(f"{'dagster instance':<22}{storage / 'dagster_home'}   (open with: qad ui --storage {storage})")
 
@@ -218,7 +221,7 @@ def run_pipeline(settings: RunSettings, release: str | None) -> None:
     settings = RunSettings(settings.storage, settings.archive, specprod, settings.qso_catalog)
     settings.save()
     print(f"release {release}: {len(keys)} partitions from {settings.archive}", file=sys.stderr)
-    rows = materialize(settings, keys)
+    rows = materialize(settings, release, keys)
     print_summary(rows, time.perf_counter() - start, settings.storage)
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from qad_assets.science.desi_archive import find_healpix_coadds
+
 spectra_partitions = dg.DynamicPartitionsDefinition(name="spectra_partitions")
 release_partitions = dg.DynamicPartitionsDefinition(name="releases")
 
@@ -32,3 +34,37 @@ class SpectraPartition:
         if match is None:
             raise ValueError(f"not a spectra partition key: {key!r} (want <release>_<survey>_<program>_<healpix>)")
         return cls(match["release"], match["survey"], match["program"], int(match["healpix"]))
+
+
+def archive_partition_keys(root: str, specprod: str, release: str | None = None) -> list[str]:
+    """Partition keys of every healpix coadd of ``specprod`` in the archive, release defaulting to it."""
+    release = release or specprod
+    return [SpectraPartition(release, c.survey, c.program, c.healpix).key for c in find_healpix_coadds(root, specprod)]
+
+
+def release_of(key: str) -> str:
+    return SpectraPartition.from_key(key).release
+
+
+def contiguous_ranges(order: list[str], wanted: list[str]) -> list[tuple[str, str]]:
+    """Split ``wanted`` into (first, last) key ranges contiguous in ``order`` (the partitions' order),
+    so a set of partitions runs in as few Dagster runs as a partition range allows.
+    """
+    position = {key: i for i, key in enumerate(order)}
+    indices = sorted(position[key] for key in wanted)
+    if not indices:
+        return []
+    ranges: list[tuple[str, str]] = []
+    start = prev = indices[0]
+    for i in indices[1:]:
+        if i != prev + 1:
+            ranges.append((order[start], order[prev]))
+            start = i
+        prev = i
+    ranges.append((order[start], order[prev]))
+    return ranges
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """Run tags that make one run materialize the partition range ``first..last``."""
+    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}

@@ -9,23 +9,52 @@ import dagster as dg
 from qad_assets.definitions import defs
 
 REPO = Path(__file__).resolve().parents[1]
+SPECTRA = dg.DynamicPartitionsDefinition(name="spectra_partitions")
+RELEASES = dg.DynamicPartitionsDefinition(name="releases")
 
 
-def test_assets_partitions_and_checks() -> None:
+def checks_of(asset: str) -> dict[str, bool]:
+    return {spec.name: spec.blocking for spec in defs.resolve_assets_def(asset).check_specs}
+
+
+def test_assets_their_partitions_and_lineage() -> None:
     graph = defs.resolve_asset_graph()
-    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert {"raw_spectra"} <= keys
-    raw = defs.resolve_assets_def("raw_spectra")
-    assert raw.partitions_def == dg.DynamicPartitionsDefinition(name="spectra_partitions")
-    checks = {spec.name: spec.blocking for spec in raw.check_specs}
-    assert checks == {"ledger_balances": True, "quarantine_empty": False}
-    assert raw.backfill_policy is not None and raw.backfill_policy.max_partitions_per_run > 1
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} >= {
+        "raw_spectra",
+        "normalized_spectra",
+        "spectral_features",
+        "vae_model",
+    }
+    for asset in ("raw_spectra", "normalized_spectra", "spectral_features"):
+        assert defs.resolve_assets_def(asset).partitions_def == SPECTRA
+        assert defs.resolve_assets_def(asset).backfill_policy.max_partitions_per_run > 1
+    assert defs.resolve_assets_def("vae_model").partitions_def == RELEASES
+    parents = {
+        k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
+    }
+    assert parents["normalized_spectra"] == {"raw_spectra"}
+    assert parents["spectral_features"] == {"normalized_spectra"}
+    assert parents["vae_model"] == {"normalized_spectra"}
 
 
-def test_pipeline_job_and_resources() -> None:
-    job = defs.resolve_job_def("qad_pipeline")
-    assert job.partitions_def == dg.DynamicPartitionsDefinition(name="spectra_partitions")
-    assert {"storage", "archive", "ray"} <= set(defs.resources)
+def test_blocking_and_warning_checks() -> None:
+    assert checks_of("raw_spectra") == {"ledger_balances": True, "quarantine_empty": False}
+    assert checks_of("normalized_spectra") == {
+        "matches_raw_spectra": True,
+        "finite_values": True,
+        "median_flux_in_band": False,
+        "coverage": False,
+    }
+    assert checks_of("vae_model") == {"loss_decreased": True, "val_reduced_chi2": True}
+
+
+def test_jobs_schedules_sensors_and_resources() -> None:
+    assert defs.resolve_job_def("qad_spectra").partitions_def == SPECTRA
+    assert defs.resolve_job_def("qad_train").partitions_def == RELEASES
+    assert defs.resolve_schedule_def("nightly_pipeline").cron_schedule == "0 3 * * *"
+    assert defs.resolve_sensor_def("new_release_partitions").job_name == "qad_spectra"
+    assert {"storage", "archive", "ray", "gpu", "mlflow"} <= set(defs.resources)
+    assert defs.resolve_assets_def("vae_model").op.pool == "gpu"
 
 
 def test_dagster_validates_the_workspace() -> None:
