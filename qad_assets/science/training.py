@@ -1,0 +1,526 @@
+"""Training of the spectral VAE (:mod:`qad_assets.science.vae`), in one process or on Ray Train.
+
+One code path serves both: :func:`train_vae` runs :func:`_fit` in this process, :func:`train_vae_ray`
+runs the same :func:`_fit` in every Ray Train worker with the model wrapped in DDP. Data stream from
+Parquet partitions (or in-memory arrays) in record batches through a bounded shuffle buffer, so a
+release larger than memory trains; rows go to train/validation (and to a DDP rank) by a stable hash
+of TARGETID, so the split never depends on file order, worker count or Python's ``hash()``.
+Procedure and determinism: ``docs/model.md``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from qad_assets.science.parquet_store import iter_tables
+from qad_assets.science.vae import SpectrumVAE, VaeConfig, negative_elbo
+
+Split = Literal["train", "val"]
+_T = TypeVar("_T")
+
+_COLUMNS = ("TARGETID", "flux", "ivar")
+_STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class SpectraArrays:
+    """Spectra in memory: ``targetid`` (N,) int64, ``flux`` and ``ivar`` (N, P) float32."""
+
+    targetid: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targetid)
+
+    def take(self, index: slice | np.ndarray) -> SpectraArrays:
+        return SpectraArrays(self.targetid[index], self.flux[index], self.ivar[index])
+
+    @staticmethod
+    def concat(parts: Sequence[SpectraArrays]) -> SpectraArrays:
+        return SpectraArrays(*(np.concatenate(arrays) for arrays in zip(*_fields(parts), strict=True)))
+
+
+Source = Sequence[str | Path] | SpectraArrays
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train (not what): defaults suit a DR1-sized release on one GPU; tests shrink them."""
+
+    seed: int = 0
+    max_epochs: int = 50
+    patience: int = 5  # epochs without a better validation loss before stopping
+    batch_size: int = 1024  # global: Ray Train workers take batch_size // num_workers each
+    learning_rate: float = 1e-3  # Adam, cosine-annealed to 0 over max_epochs
+    val_fraction: float = 0.05  # of TARGETIDs (by hash), held in memory
+    shuffle_rows: int = 16384  # shuffle-buffer rows per rank and loader worker
+    read_rows: int = 2048  # Parquet record-batch (or array chunk) rows
+    loader_workers: int = 0  # DataLoader processes reading files in parallel (Parquet sources)
+
+
+@dataclass
+class TrainResult:
+    """The best model (CPU, eval mode) and the per-epoch history that chose it."""
+
+    model: SpectrumVAE
+    config: VaeConfig
+    best_epoch: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history["val_loss"])
+
+    @property
+    def best_val_reduced_chi2(self) -> float:
+        return self.history["val_reduced_chi2"][self.best_epoch]
+
+    @property
+    def throughput(self) -> float:
+        """Median training throughput over epochs, spectra per second (all workers together)."""
+        return float(np.median(self.history["throughput"]))
+
+
+def splitmix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer of int64 values: a fast, well-mixed, platform-stable uint64 hash."""
+    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def select_rows(
+    targetid: np.ndarray, split: Split, val_fraction: float, rank: int = 0, world_size: int = 1
+) -> np.ndarray:
+    """Rows of ``split`` owned by ``rank``: top 53 hash bits pick the split, low bits the rank."""
+    h = splitmix64(targetid)
+    is_val = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < val_fraction
+    in_split = is_val if split == "val" else ~is_val
+    return in_split & (h % np.uint64(world_size) == np.uint64(rank))
+
+
+class SpectraStream(IterableDataset):
+    """Shuffled training batches ``(flux, ivar)`` of one rank, streamed from Parquet files or arrays.
+
+    Each epoch visits chunks (files, or ``read_rows`` slices of arrays) in a seeded random order, keeps
+    the training rows of this rank, and shuffles them within a buffer of ``shuffle_rows`` rows; batches
+    are slices of the shuffled buffer (no per-sample Python). Call :meth:`set_epoch` before iterating.
+    DataLoader workers split the chunks between them.
+    """
+
+    def __init__(self, source: Source, npix: int, options: TrainOptions, *, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        self.source, self.npix, self.options = source, npix, options
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        opts = self.options
+        # One chunk order for all loader workers (each takes every n-th), its own buffer shuffle each.
+        order_rng = np.random.default_rng([opts.seed, self.epoch, self.rank])
+        rng = np.random.default_rng([opts.seed, self.epoch, self.rank, worker])
+        chunks = _iter_chunks(self.source, self.npix, opts.read_rows, order_rng, worker, n_workers)
+        kept = (c.take(select_rows(c.targetid, "train", opts.val_fraction, self.rank, self.world_size)) for c in chunks)
+        yield from _shuffled_batches(kept, rng, opts.batch_size, opts.shuffle_rows)
+
+
+def load_split(
+    source: Source,
+    npix: int,
+    split: Split,
+    val_fraction: float,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    read_rows: int = 2048,
+) -> SpectraArrays:
+    """All rows of ``split`` owned by ``rank``, in memory (the validation set: a few % of a release)."""
+    parts = [
+        c.take(select_rows(c.targetid, split, val_fraction, rank, world_size))
+        for c in _iter_chunks(source, npix, read_rows)
+    ]
+    return SpectraArrays.concat(parts) if parts else _empty(npix)
+
+
+def _iter_chunks(
+    source: Source,
+    npix: int,
+    read_rows: int,
+    rng: np.random.Generator | None = None,
+    worker: int = 0,
+    n_workers: int = 1,
+) -> Iterator[SpectraArrays]:
+    """Chunks of ``source`` in random order (``rng``) or stored order; worker ``w`` gets every n-th."""
+    if isinstance(source, SpectraArrays):
+        _check_npix(source.flux.shape[1], npix, "arrays")
+        starts = np.arange(0, len(source), read_rows)
+        order = rng.permutation(starts) if rng is not None else starts
+        for start in order[worker::n_workers]:
+            yield source.take(slice(start, start + read_rows))
+        return
+    order = rng.permutation(len(source)) if rng is not None else np.arange(len(source))
+    for i in order[worker::n_workers]:
+        yield from _read_parquet(Path(source[i]), npix, read_rows)
+
+
+def _read_parquet(path: Path, npix: int, read_rows: int) -> Iterator[SpectraArrays]:
+    """Record batches of one ``normalized_spectra`` file as arrays (fixed-size lists → (n, P) views)."""
+    for batch in iter_tables(path, columns=_COLUMNS, rows=read_rows):
+        yield SpectraArrays(
+            targetid=batch.column("TARGETID").to_numpy().astype(np.int64, copy=False),
+            flux=_matrix(batch.column("flux"), npix, path),
+            ivar=_matrix(batch.column("ivar"), npix, path),
+        )
+
+
+def _matrix(column: Any, npix: int, path: Path) -> np.ndarray:
+    _check_npix(column.type.list_size, npix, str(path))
+    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=False).reshape(len(column), npix)
+
+
+def _check_npix(found: int, npix: int, where: str) -> None:
+    if found != npix:
+        raise ValueError(f"{where}: spectra have {found} pixels, the model grid has {npix}")
+
+
+def _shuffled_batches(
+    chunks: Iterable[SpectraArrays], rng: np.random.Generator, batch_size: int, shuffle_rows: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Fill a buffer to ``shuffle_rows``, permute, emit full batches, carry the remainder over."""
+    pending: list[SpectraArrays] = []
+    n_pending = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        n_pending += len(chunk)
+        if n_pending < shuffle_rows:
+            continue
+        buffer = SpectraArrays.concat(pending)
+        perm = rng.permutation(len(buffer))
+        n_full = len(perm) - len(perm) % batch_size
+        yield from _batches(buffer, perm[:n_full], batch_size)
+        pending = [buffer.take(perm[n_full:])]
+        n_pending = len(pending[0])
+    if n_pending:
+        buffer = SpectraArrays.concat(pending)
+        yield from _batches(buffer, rng.permutation(len(buffer)), batch_size)
+
+
+def _batches(buffer: SpectraArrays, order: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield torch.from_numpy(buffer.flux[rows]), torch.from_numpy(buffer.ivar[rows])
+
+
+def _fields(parts: Sequence[SpectraArrays]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    return ((p.targetid, p.flux, p.ivar) for p in parts)
+
+
+def _empty(npix: int) -> SpectraArrays:
+    return SpectraArrays(np.empty(0, np.int64), np.empty((0, npix), np.float32), np.empty((0, npix), np.float32))
+
+
+def beta_at(config: VaeConfig, epoch: int) -> float:
+    """KL weight of ``epoch``: linear warm-up to ``config.beta`` over ``beta_warmup_epochs`` epochs."""
+    if config.beta_warmup_epochs <= 0:
+        return config.beta
+    return config.beta * min(1.0, (epoch + 1) / config.beta_warmup_epochs)
+
+
+def cut_coverage(ivar: torch.Tensor, config: VaeConfig) -> torch.Tensor:
+    """Blank the blue or red end (up to ``coverage_cut_max`` of the observed pixels) of a random
+    ``coverage_cut_prob`` of the spectra in a batch.
+
+    The data already mix rest windows, but only of one width (the observed range over 1+z); this
+    teaches the encoder narrower windows too (masked chunks, bad arms), and the loss then only sees
+    what is left, exactly as scoring does.
+    """
+    observed_rank = (ivar > 0).cumsum(1)
+    n_observed = observed_rank[:, -1:]
+    draws = torch.rand(ivar.shape[0], 3, device=ivar.device)
+    cut = draws[:, :1] * config.coverage_cut_max * (draws[:, 1:2] < config.coverage_cut_prob)
+    from_blue = draws[:, 2:] < 0.5
+    keep = torch.where(from_blue, observed_rank > cut * n_observed, observed_rank <= (1 - cut) * n_observed)
+    return ivar * keep
+
+
+def train_one_epoch(
+    net: torch.nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    config: VaeConfig,
+    *,
+    beta: float,
+    device: torch.device,
+) -> tuple[float, float, float]:
+    """One pass over this rank's batches; returns (Σ loss·n_eff, Σ n_eff, spectra) summed over ranks.
+
+    Loss sums stay on the device until the end. Under DDP every rank stops when the first one runs
+    out of batches (hash shards differ by a few rows), so all take the same optimizer steps.
+    """
+    net.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for flux_cpu, ivar_cpu in _until_any_rank_is_done(loader, device):
+        flux = flux_cpu.to(device, non_blocking=True)
+        ivar = cut_coverage(ivar_cpu.to(device, non_blocking=True), config)
+        with _autocast(device):
+            out = net(flux, ivar, sample=True)
+        loss, n_eff = negative_elbo(out, beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums += torch.stack([loss.detach() * n_eff, n_eff, n_eff.new_tensor(len(flux))]).double()
+    _all_reduce(sums)
+    loss_sum, n_eff_sum, n_spectra = sums.tolist()
+    return loss_sum, n_eff_sum, n_spectra
+
+
+@torch.no_grad()
+def evaluate(
+    vae: SpectrumVAE, data: SpectraArrays, *, beta: float, device: torch.device, batch_size: int = 4096
+) -> tuple[float, float]:
+    """Validation (loss per weighted pixel, pooled reduced χ² Σχ²/Σdof), over all ranks' shards.
+
+    The latent mean and fp32 are used, as in scoring, so the figure is what the detector will see.
+    """
+    vae.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    for start in range(0, len(data), batch_size):
+        flux = torch.from_numpy(data.flux[start : start + batch_size]).to(device)
+        ivar = torch.from_numpy(data.ivar[start : start + batch_size]).to(device)
+        out = vae(flux, ivar)
+        dof = torch.where(out.n_obs > 0, (out.n_eff - 1.0).clamp_min(1.0), 0.0)
+        terms = [(0.5 * out.chi2 + beta * out.kl).sum(), out.n_eff.sum(), out.chi2.sum(), dof.sum()]
+        sums += torch.stack(terms).double()
+    _all_reduce(sums)
+    loss_sum, n_eff, chi2, dof = sums.tolist()
+    return loss_sum / max(n_eff, 1.0), chi2 / max(dof, 1.0)
+
+
+@dataclass
+class _FitOutcome:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    history: dict[str, list[float]]
+
+
+def _fit(
+    net: torch.nn.Module,
+    vae: SpectrumVAE,
+    stream: SpectraStream,
+    val: SpectraArrays,
+    options: TrainOptions,
+    device: torch.device,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> _FitOutcome:
+    """Epoch loop with early stopping on validation loss; keeps the best weights (on CPU).
+
+    ``net`` is what gets trained (``vae`` itself, or its DDP wrapper); ``vae`` is evaluated. All ranks
+    see the same all-reduced validation loss, so they stop at the same epoch.
+    """
+    loader = DataLoader(stream, batch_size=None, num_workers=options.loader_workers, pin_memory=device.type == "cuda")
+    optimizer = torch.optim.Adam(net.parameters(), lr=options.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.max_epochs)
+    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "val_loss", "val_reduced_chi2", "throughput")}
+    best_loss, best_epoch, best_state = float("inf"), 0, _cpu_state(vae)
+    for epoch in range(options.max_epochs):
+        stream.set_epoch(epoch)
+        start = time.perf_counter()
+        loss_sum, n_eff, n_spectra = train_one_epoch(
+            net, loader, optimizer, vae.config, beta=beta_at(vae.config, epoch), device=device
+        )
+        seconds = time.perf_counter() - start
+        schedule.step()
+        val_loss, val_chi2 = evaluate(vae, val, beta=vae.config.beta, device=device)
+        metrics = {
+            "train_loss": loss_sum / max(n_eff, 1.0),
+            "val_loss": val_loss,
+            "val_reduced_chi2": val_chi2,
+            "throughput": n_spectra / seconds,
+        }
+        for key, value in metrics.items():
+            history[key].append(value)
+        if report is not None:
+            report({"epoch": epoch, **metrics})
+        if val_loss < best_loss:
+            best_loss, best_epoch, best_state = val_loss, epoch, _cpu_state(vae)
+        elif epoch - best_epoch >= options.patience:
+            break
+    return _FitOutcome(best_state, best_epoch, history)
+
+
+def train_vae(
+    source: Source,
+    forest_mask: np.ndarray,
+    config: VaeConfig | None = None,
+    options: TrainOptions | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> TrainResult:
+    """Train a VAE in this process on Parquet files or arrays; bit-reproducible on CPU for a seed.
+
+    ``forest_mask`` (P,) marks the Lyα forest pixels of the rest grid (and fixes ``P``).
+    """
+    config, options, device = config or VaeConfig(), options or TrainOptions(), torch.device(device)
+    npix = len(forest_mask)
+    with _deterministic(device):
+        torch.manual_seed(options.seed)
+        vae = SpectrumVAE(npix, forest_mask, config).to(device)
+        val = load_split(source, npix, "val", options.val_fraction, read_rows=options.read_rows)
+        outcome = _fit(vae, vae, SpectraStream(source, npix, options), val, options, device)
+    return _result(npix, forest_mask, config, outcome.best_state, outcome.best_epoch, outcome.history)
+
+
+def train_vae_ray(
+    paths: Sequence[str | Path],
+    forest_mask: np.ndarray,
+    config: VaeConfig | None = None,
+    options: TrainOptions | None = None,
+    *,
+    storage_path: str | Path,
+    num_workers: int = 2,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 1,
+    run_name: str = "qad-vae",
+) -> TrainResult:
+    """Train with Ray Train's ``TorchTrainer`` (DDP; gloo on CPU, NCCL on GPU) on Parquet files.
+
+    Every worker streams all files but keeps only rows whose TARGETID hash falls in its shard; the
+    best weights come back as a Ray checkpoint under ``storage_path`` (a local or shared directory).
+    Needs ``ray.init`` (or a cluster) beforehand; ``qad_assets`` must be importable by the workers.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    config, options = config or VaeConfig(), options or TrainOptions()
+    trainer = TorchTrainer(
+        _ray_train_loop,
+        train_loop_config={
+            "paths": [str(p) for p in paths],
+            "forest_mask": np.asarray(forest_mask, dtype=bool),
+            "config": config,
+            "options": options,
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(name=run_name, storage_path=str(storage_path)),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        state = torch.load(Path(checkpoint_dir) / _STATE_FILE, map_location="cpu", weights_only=True)
+    metrics = result.metrics
+    history = {k: list(metrics[k]) for k in ("train_loss", "val_loss", "val_reduced_chi2", "throughput")}
+    return _result(len(forest_mask), forest_mask, config, state, int(metrics["best_epoch"]), history)
+
+
+def _ray_train_loop(cfg: dict[str, Any]) -> None:
+    """Ray Train worker: the same :func:`_fit` as :func:`train_vae`, on this rank's hash shard."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    config, options, forest_mask = cfg["config"], cfg["options"], cfg["forest_mask"]
+    npix = len(forest_mask)
+    torch.manual_seed(options.seed)
+    vae = SpectrumVAE(npix, forest_mask, config)
+    net = ray.train.torch.prepare_model(vae, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    torch.manual_seed(options.seed + rank)  # identical init above, distinct sampling noise below
+    per_rank = replace(options, batch_size=max(1, options.batch_size // world_size))
+    stream = SpectraStream(cfg["paths"], npix, per_rank, rank=rank, world_size=world_size)
+    val = load_split(
+        cfg["paths"],
+        npix,
+        "val",
+        options.val_fraction,
+        rank=rank,
+        world_size=world_size,
+        read_rows=options.read_rows,
+    )
+    outcome = _fit(net, vae, stream, val, options, device, report=ray.train.report)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            torch.save(outcome.best_state, Path(tmp) / _STATE_FILE)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"best_epoch": outcome.best_epoch, **outcome.history}, checkpoint=checkpoint)
+
+
+def _result(
+    npix: int,
+    forest_mask: np.ndarray,
+    config: VaeConfig,
+    state: dict[str, torch.Tensor],
+    best_epoch: int,
+    history: dict[str, list[float]],
+) -> TrainResult:
+    model = SpectrumVAE(npix, forest_mask, config)
+    model.load_state_dict(state)
+    return TrainResult(model.eval(), config, best_epoch, history)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _all_reduce(t: torch.Tensor) -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+
+
+def _until_any_rank_is_done(batches: Iterable[_T], device: torch.device) -> Iterator[_T]:
+    """Yield batches while every rank still has one (a one-integer all-reduce per step).
+
+    DDP's ``join()`` would let ranks with more batches step alone, but their optimizer states (Adam
+    moments, step counts) then diverge from the others', which measurably slows training; stopping
+    together instead drops at most a few batches per epoch, different rows each epoch.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        yield from batches
+        return
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        has_batch = torch.tensor([batch is not None], dtype=torch.int32, device=device)
+        dist.all_reduce(has_batch, op=dist.ReduceOp.MIN)
+        if not has_batch.item():
+            return
+        yield batch
+
+
+def _autocast(device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (H100/H200 tensor cores); fp32 on CPU, where bf16 is slow and inexact."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms on CPU for the duration (CUDA would also need cuBLAS settings)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(previous or device.type == "cpu")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)

@@ -1,0 +1,301 @@
+"""A variational autoencoder of rest-frame quasar spectra: the model, its likelihood, its persistence.
+
+The VAE learns what a *normal* quasar looks like on the rest-frame grid; a spectrum it cannot
+reconstruct (high reduced χ²) is a candidate anomaly. Design (rationale in ``docs/model.md``):
+
+* the encoder sees ``(flux·observed, observed)``, so partial rest coverage (every redshift sees a
+  different rest window) is an input, not a silent zero;
+* the decoder predicts the log of the full rest-frame spectrum; the likelihood is an ivar-weighted Gaussian χ²
+  over observed pixels only, with the Lyα forest down-weighted and given an extra variance;
+* the amplitude is fitted analytically per spectrum, so normalization errors are not anomalies.
+
+This module is plain PyTorch (no Dagster, no Ray) and is the model's only home.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Smallest amplitude the analytic fit may return: a template is never flipped or zeroed.
+MIN_AMPLITUDE = 1e-3
+
+#: Bound on the decoder's log-template, so exp() cannot overflow early in training.
+_MAX_LOG_TEMPLATE = 10.0
+
+_META_FILE = "model.json"
+_SAFETENSORS_FILE = "weights.safetensors"
+_TORCH_FILE = "weights.pt"
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    """Architecture, likelihood and training-recipe knobs; defaults explained in ``docs/model.md``."""
+
+    latent_dim: int = 12
+    hidden: tuple[int, ...] = (256, 128)
+    beta: float = 1.0
+    beta_warmup_epochs: int = 3
+    forest_weight: float = 0.25
+    forest_sigma: float = 0.3
+    input_clip: float = 10.0
+    coverage_cut_prob: float = 0.5
+    coverage_cut_max: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VaeConfig:
+        return cls(**{**d, "hidden": tuple(int(h) for h in d["hidden"])})
+
+
+class VaeOutput(NamedTuple):
+    """Per-spectrum results of one pass (tensors; a NamedTuple so DDP can traverse it)."""
+
+    template: torch.Tensor  # (N, P) decoder output, before the amplitude
+    amplitude: torch.Tensor  # (N,) best-fit positive scale of the template
+    chi2: torch.Tensor  # (N,) Σ w·(f − a·t)² over observed pixels
+    n_obs: torch.Tensor  # (N,) observed pixels (ivar > 0)
+    n_eff: torch.Tensor  # (N,) observed pixels counted with their weight (forest < 1)
+    kl: torch.Tensor  # (N,) KL(q(z|x) || N(0, 1))
+    mu: torch.Tensor  # (N, L) latent means
+
+
+class SpectrumVAE(nn.Module):
+    """MLP encoder ``(flux·observed, observed) → (μ, log σ²)`` and decoder ``z → log template`` over a
+    fixed rest-frame grid of ``npix`` pixels.
+
+    The Lyα forest mask is a buffer, so it travels with the weights and a loaded model scores
+    exactly as it was trained.
+    """
+
+    def __init__(self, npix: int, forest_mask: np.ndarray | torch.Tensor, config: VaeConfig) -> None:
+        super().__init__()
+        mask = torch.as_tensor(np.asarray(forest_mask, dtype=bool))
+        if mask.shape != (npix,):
+            raise ValueError(f"forest_mask has shape {tuple(mask.shape)}, expected ({npix},)")
+        self.npix = npix
+        self.config = config
+        self.register_buffer("forest_mask", mask)
+        self.encoder = _mlp([2 * npix, *config.hidden, 2 * config.latent_dim])
+        self.decoder = _mlp([config.latent_dim, *reversed(config.hidden), npix])
+
+    def encode(self, flux: torch.Tensor, observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent mean and log-variance; unobserved flux (even NaN) is replaced by 0 and flagged."""
+        clip = self.config.input_clip
+        shown = torch.where(observed, flux.clamp(-clip, clip), torch.zeros_like(flux))
+        mu, logvar = self.encoder(torch.cat([shown, observed.to(flux.dtype)], dim=1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def pixel_weights(self, ivar: torch.Tensor) -> torch.Tensor:
+        """Effective χ² weights: ivar, with forest pixels given extra variance σ² and a factor < 1.
+
+        ``w = f·ivar / (1 + ivar·σ²)`` in the forest, ``ivar`` elsewhere; ivar = 0 gives w = 0.
+        """
+        cfg = self.config
+        forest_var = ivar.new_tensor(cfg.forest_sigma**2)
+        forest_w = cfg.forest_weight * ivar / (1.0 + ivar * forest_var)
+        return torch.where(self.forest_mask, forest_w, ivar)
+
+    def forward(self, flux: torch.Tensor, ivar: torch.Tensor, sample: bool = False) -> VaeOutput:
+        """Encode, decode (``z`` sampled when ``sample``, else the mean) and score against the data.
+
+        The decoder predicts the log of the template: quasar spectra are products (power law ×
+        emission lines × forest transmission), which become sums, and the template stays positive.
+        The χ² part runs in fp32 even under bf16 autocast.
+        """
+        observed = ivar > 0
+        mu, logvar = self.encode(flux, observed)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        template = self.decoder(z).float().clamp(-_MAX_LOG_TEMPLATE, _MAX_LOG_TEMPLATE).exp()
+        weights = self.pixel_weights(torch.where(observed, ivar.float(), 0.0))
+        data = torch.where(observed, flux.float(), torch.zeros_like(template))
+        amplitude, chi2 = fit_amplitude(template, data, weights)
+        obs = observed.float()
+        n_eff = (obs * torch.where(self.forest_mask, self.config.forest_weight, 1.0)).sum(1)
+        kl = 0.5 * (mu.float().square() + logvar.float().exp() - 1.0 - logvar.float()).sum(1)
+        return VaeOutput(template, amplitude, chi2, obs.sum(1), n_eff, kl, mu.float())
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with SiLU between them (none after the last: outputs are unbounded)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+def fit_amplitude(
+    template: torch.Tensor, flux: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best-fit positive scale ``a = Σw·f·t / Σw·t²`` of each template, and the χ² at that scale.
+
+    Profiling the amplitude out makes the score blind to the normalization of the input (a 10 %
+    flux-calibration error is not an anomaly); the clamp keeps the model from fitting an inverted
+    template to an absorption-dominated spectrum.
+    """
+    numerator = (weights * flux * template).sum(1)
+    denominator = (weights * template.square()).sum(1).clamp_min(torch.finfo(template.dtype).tiny)
+    amplitude = (numerator / denominator).clamp_min(MIN_AMPLITUDE)
+    chi2 = (weights * (flux - amplitude[:, None] * template).square()).sum(1)
+    return amplitude, chi2
+
+
+def negative_elbo(out: VaeOutput, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ(χ²/2 + β·KL) / Σ n_eff`` for a batch, and the denominator.
+
+    Dividing by the weighted pixel count makes the loss "per observed pixel" (≈ 0.5 for a perfect
+    model), so it is comparable across batches, coverage and grids.
+    """
+    n_eff = out.n_eff.sum().clamp_min(1.0)
+    return (0.5 * out.chi2 + beta * out.kl).sum() / n_eff, n_eff
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """Per-spectrum reconstruction and goodness of fit (numpy, float32/float64)."""
+
+    spectrum: np.ndarray  # (N, P) amplitude-fitted reconstruction
+    amplitude: np.ndarray  # (N,)
+    chi2: np.ndarray  # (N,)
+    n_obs: np.ndarray  # (N,) int
+    n_eff: np.ndarray  # (N,) weighted pixel count
+    reduced_chi2: np.ndarray  # (N,) χ² / (n_eff − 1); NaN when nothing is observed
+    kl: np.ndarray  # (N,)
+    latent_mean: np.ndarray  # (N, L)
+
+
+@torch.no_grad()
+def reconstruct(
+    model: SpectrumVAE,
+    flux: np.ndarray | torch.Tensor,
+    ivar: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 4096,
+    device: torch.device | str | None = None,
+) -> Reconstruction:
+    """Reconstruct spectra from their latent mean (deterministic), in chunks of ``batch_size``.
+
+    fp32 throughout: a score must not depend on bf16 rounding of high-S/N spectra.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    flux_t, ivar_t = torch.as_tensor(flux, dtype=torch.float32), torch.as_tensor(ivar, dtype=torch.float32)
+    outs = [
+        model(flux_t[i : i + batch_size].to(device), ivar_t[i : i + batch_size].to(device))
+        for i in range(0, flux_t.shape[0], batch_size)
+    ]
+    model.train(was_training)
+    cat = VaeOutput(*(torch.cat(parts).cpu() for parts in zip(*outs, strict=True)))
+    dof = (cat.n_eff - 1.0).clamp_min(1.0).double()
+    reduced = torch.where(cat.n_obs > 0, cat.chi2.double() / dof, torch.nan)
+    return Reconstruction(
+        spectrum=(cat.amplitude[:, None] * cat.template).numpy(),
+        amplitude=cat.amplitude.numpy(),
+        chi2=cat.chi2.numpy(),
+        n_obs=cat.n_obs.to(torch.int64).numpy(),
+        n_eff=cat.n_eff.numpy(),
+        reduced_chi2=reduced.numpy(),
+        kl=cat.kl.numpy(),
+        latent_mean=cat.mu.numpy(),
+    )
+
+
+class GridMismatchError(ValueError):
+    """The model was trained on another rest-frame grid than the data it is asked to score."""
+
+
+def grid_fingerprint(grid: Any) -> str:
+    """SHA-256 of the grid's float64 wavelengths (an array, an object with ``.wave``, or a hash)."""
+    if isinstance(grid, str):
+        return grid
+    wave = np.ascontiguousarray(getattr(grid, "wave", grid), dtype="<f8")
+    return hashlib.sha256(wave.tobytes()).hexdigest()
+
+
+def check_grid(grid_info: dict[str, Any], grid: Any) -> None:
+    """Raise :class:`GridMismatchError` unless ``grid`` is the grid the model was trained on."""
+    expected = grid_info["sha256"]
+    found = grid_fingerprint(grid)
+    if found != expected:
+        raise GridMismatchError(
+            f"model rest grid (npix={grid_info['npix']}, sha256={expected[:12]}…) differs from the "
+            f"data's (sha256={found[:12]}…): retrain the VAE on this grid or resample the data"
+        )
+
+
+def save_model(model: SpectrumVAE, config: VaeConfig, grid: Any, path: str | Path) -> Path:
+    """Write weights (safetensors if installed, else ``torch.save`` of the state dict) and JSON metadata.
+
+    ``path`` is a directory. Each file goes to a temporary name and is renamed, metadata last, so a
+    reader never sees a half-written model.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights_file = _write_weights(state, path)
+    meta = {
+        "format_version": _FORMAT_VERSION,
+        "weights": weights_file,
+        "config": config.to_dict(),
+        "grid": {"npix": model.npix, "sha256": grid_fingerprint(grid)},
+    }
+    _replace_atomic(path / _META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    return path
+
+
+def load_model(
+    path: str | Path, *, grid: Any = None, map_location: str | torch.device = "cpu"
+) -> tuple[SpectrumVAE, VaeConfig, dict[str, Any]]:
+    """Load a model saved by :func:`save_model`, in eval mode; check ``grid`` against it when given.
+
+    Weights are read without unpickling code (safetensors, or ``torch.load(weights_only=True)``).
+    """
+    path = Path(path)
+    meta = json.loads((path / _META_FILE).read_text())
+    grid_info = meta["grid"]
+    if grid is not None:
+        check_grid(grid_info, grid)
+    config = VaeConfig.from_dict(meta["config"])
+    state = _read_weights(path / meta["weights"], map_location)
+    model = SpectrumVAE(grid_info["npix"], state["forest_mask"].cpu().numpy(), config)
+    model.load_state_dict(state)
+    return model.to(map_location).eval(), config, grid_info
+
+
+def _write_weights(state: dict[str, torch.Tensor], path: Path) -> str:
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        _replace_atomic(path / _TORCH_FILE, lambda tmp: torch.save(state, tmp))
+        return _TORCH_FILE
+    _replace_atomic(path / _SAFETENSORS_FILE, lambda tmp: save_file(state, str(tmp)))
+    return _SAFETENSORS_FILE
+
+
+def _read_weights(file: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file), device=str(map_location))
+    return torch.load(file, map_location=map_location, weights_only=True)
+
+
+def _replace_atomic(target: Path, write: Callable[[Path], object]) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, target)
