@@ -23,7 +23,6 @@ os.environ.setdefault("DESI_LOGLEVEL", "WARNING")
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 
 from qad_assets.science.demo_release import write_demo_release  # noqa: E402
 from qad_assets.science.desi_archive import find_healpix_coadds, list_specprods  # noqa: E402
@@ -70,7 +69,7 @@ def peer(coadds, out: Path, limit: int) -> tuple[int, float]:
                 break
         if n >= limit:
             break
-    pq.write_table(pa.Table.from_pylist(rows), out / "peer.parquet")
+    write_table_atomic(pa.Table.from_pylist(rows), out / "peer.parquet")
     return n, time.process_time() - t0
 
 

@@ -469,7 +469,11 @@ NORMALIZED_SCHEMA = normalized_schema(REST_GRID)
 
 def spectra_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed-size-list column as an ``(N, width)`` numpy array, zero-copy for float columns."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = (
+        (column.chunk(0) if column.num_chunks == 1 else column.combine_chunks())  # combine_chunks copies even one
+        if isinstance(column, pa.ChunkedArray)
+        else column
+    )
     width = array.type.list_size
     return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
 
