@@ -18,6 +18,7 @@ from qad_assets.science.parquet_store import read_table, row_count, schema_match
 from qad_assets.science.partition_steps import NORMALIZED_MEDIAN_BAND, StepSummary, normalize_partition
 from qad_assets.science.rest_frame import NORMALIZED_SCHEMA, REST_GRID
 from resources.gpu import GpuResource
+from resources.k8s import K8S_GPU_TAGS
 from resources.ray import RayResource
 from resources.storage import StorageResource
 
@@ -38,6 +39,7 @@ CHECKS = {
     backfill_policy=SPECTRA_BACKFILL,
     retry_policy=PARTITION_RETRY,
     check_specs=check_specs("normalized_spectra", CHECKS),
+    op_tags=K8S_GPU_TAGS,
     kinds={"parquet", "ray", "torch"},
     group_name="spectra",
     code_version="1",

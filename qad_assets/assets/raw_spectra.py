@@ -16,6 +16,7 @@ from qad_assets.partitions import SpectraPartition, spectra_partitions
 from qad_assets.science.desi_io import RAW_SPECTRA_SCHEMA
 from qad_assets.science.partition_steps import ingest_healpix_coadd
 from resources.archive import ArchiveResource
+from resources.k8s import K8S_CPU_TAGS
 from resources.ray import RayResource
 from resources.storage import StorageResource
 
@@ -28,6 +29,7 @@ PARTITION_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPO
     backfill_policy=SPECTRA_BACKFILL,
     retry_policy=PARTITION_RETRY,
     check_specs=check_specs("raw_spectra", ACCOUNTING_CHECKS),
+    op_tags=K8S_CPU_TAGS,
     kinds={"parquet", "ray"},
     group_name="spectra",
     code_version="1",

@@ -10,6 +10,7 @@ from qad_assets.assets.raw_spectra import PARTITION_RETRY, SPECTRA_BACKFILL
 from qad_assets.partitions import spectra_partitions
 from qad_assets.science.partition_steps import feature_partition
 from resources.gpu import GpuResource
+from resources.k8s import K8S_GPU_TAGS
 from resources.ray import RayResource
 from resources.storage import StorageResource
 
@@ -19,6 +20,7 @@ from resources.storage import StorageResource
     deps=[normalized_spectra],
     backfill_policy=SPECTRA_BACKFILL,
     retry_policy=PARTITION_RETRY,
+    op_tags=K8S_GPU_TAGS,
     kinds={"parquet", "ray", "polars"},
     group_name="spectra",
     code_version="1",

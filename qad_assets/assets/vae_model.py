@@ -14,6 +14,7 @@ from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask
 from qad_assets.science.training import TrainOptions, TrainResult, train_vae, train_vae_ray
 from qad_assets.science.vae import VaeConfig, save_model
 from resources.gpu import GpuResource
+from resources.k8s import K8S_GPU_TAGS
 from resources.mlflow import CHALLENGER, MlflowResource
 from resources.ray import RayResource
 from resources.storage import StorageResource
@@ -61,6 +62,7 @@ class VaeTrainingConfig(dg.Config):
     deps=[dg.AssetDep(normalized_spectra, partition_mapping=dg.AllPartitionMapping())],
     check_specs=check_specs("vae_model", CHECKS),
     pool="gpu",
+    op_tags=K8S_GPU_TAGS,
     kinds={"pytorch", "mlflow", "ray"},
     group_name="model",
     code_version="1",
