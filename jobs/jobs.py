@@ -11,5 +11,24 @@ spectra_job = dg.define_asset_job(
 train_job = dg.define_asset_job(
     "qad_train",
     selection=dg.AssetSelection.assets("vae_model"),
-    description="Train and register the VAE of a release (partition = release).",
+    description="Retrain: train and register the VAE of a release (partition = release).",
+)
+
+score_job = dg.define_asset_job(
+    "qad_score",
+    selection=dg.AssetSelection.assets("anomaly_scores"),
+    description="Score spectra partitions with the model vae_model trained for their release.",
+)
+
+score_with_champion_job = dg.define_asset_job(
+    "qad_score_champion",
+    selection=dg.AssetSelection.assets("anomaly_scores"),
+    config={"ops": {"anomaly_scores": {"config": {"model": "champion"}}}},
+    description="Score-only: score spectra partitions with the registry's champion model (no training).",
+)
+
+report_job = dg.define_asset_job(
+    "qad_report",
+    selection=dg.AssetSelection.assets("validation_report"),
+    description="Validate a release's detector and promote its model to champion when the checks pass.",
 )

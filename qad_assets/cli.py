@@ -21,8 +21,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTANCE_TEMPLATE = REPO_ROOT / "dagster.yaml"
 SETTINGS_FILE = "qad-settings.json"
-SPECTRA_JOB = "qad_spectra"
-RELEASE_JOBS = ("qad_train",)
+#: The pipeline as runs, in order: (job, partitioned by spectra partitions rather than by release).
+PIPELINE = (("qad_spectra", True), ("qad_train", False), ("qad_score", True), ("qad_report", False))
 
 
 class UserError(Exception):
@@ -114,8 +114,12 @@ def materialize(settings: RunSettings, release: str, keys: list[str]) -> list[di
     add_partitions(instance, spectra_partitions.name, keys)
     add_partitions(instance, release_partitions.name, [release])
     order = instance.get_dynamic_partitions(spectra_partitions.name)
-    runs = [(SPECTRA_JOB, {"tags": range_tags(first, last)}) for first, last in contiguous_ranges(order, keys)]
-    runs += [(job, {"partition_key": release}) for job in RELEASE_JOBS]
+    ranges = [{"tags": range_tags(first, last)} for first, last in contiguous_ranges(order, keys)]
+    runs = [
+        (job, selection)
+        for job, per_spectra in PIPELINE
+        for selection in (ranges if per_spectra else [{"partition_key": release}])
+    ]
     rows: list[dict] = []
     checks: list[dict] = []
     for job_name, selection in runs:
@@ -184,7 +188,16 @@ def failure_message(result) -> str:
 
 COUNTS = ("partitions", "rows_in", "rows_kept", "rows_filtered", "rows_quarantined", "seconds")
 #: What the summary shows for a per-release product, which has no row counts.
-RELEASE_FIELDS = ("model_version", "val_reduced_chi2", "epochs_run", "overall_auroc")
+RELEASE_FIELDS = (
+    "model_version",
+    "val_reduced_chi2",
+    "epochs_run",
+    "overall_auroc",
+    "pca_auroc",
+    "snr_spearman_vae",
+    "promoted_to_champion",
+    "report",
+)
 
 
 def print_summary(rows: list[dict], seconds: float, storage: Path) -> None:

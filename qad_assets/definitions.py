@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import dagster as dg
 
-from jobs.jobs import spectra_job, train_job
+from jobs.jobs import report_job, score_job, score_with_champion_job, spectra_job, train_job
 from jobs.schedules import nightly_pipeline
 from jobs.sensors import new_release_partitions
+from qad_assets.assets.anomaly_scores import anomaly_scores
 from qad_assets.assets.normalized_spectra import normalized_spectra
 from qad_assets.assets.raw_spectra import raw_spectra
 from qad_assets.assets.spectral_features import spectral_features
 from qad_assets.assets.vae_model import vae_model
+from qad_assets.assets.validation_report import validation_report
 from resources import resources_from_env
 
 defs = dg.Definitions(
-    assets=[raw_spectra, normalized_spectra, spectral_features, vae_model],
-    jobs=[spectra_job, train_job],
+    assets=[raw_spectra, normalized_spectra, spectral_features, vae_model, anomaly_scores, validation_report],
+    jobs=[spectra_job, train_job, score_job, score_with_champion_job, report_job],
     schedules=[nightly_pipeline],
     sensors=[new_release_partitions],
     resources=resources_from_env(),

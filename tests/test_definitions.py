@@ -24,17 +24,22 @@ def test_assets_their_partitions_and_lineage() -> None:
         "normalized_spectra",
         "spectral_features",
         "vae_model",
+        "anomaly_scores",
+        "validation_report",
     }
-    for asset in ("raw_spectra", "normalized_spectra", "spectral_features"):
+    for asset in ("raw_spectra", "normalized_spectra", "spectral_features", "anomaly_scores"):
         assert defs.resolve_assets_def(asset).partitions_def == SPECTRA
         assert defs.resolve_assets_def(asset).backfill_policy.max_partitions_per_run > 1
     assert defs.resolve_assets_def("vae_model").partitions_def == RELEASES
+    assert defs.resolve_assets_def("validation_report").partitions_def == RELEASES
     parents = {
         k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
     }
     assert parents["normalized_spectra"] == {"raw_spectra"}
     assert parents["spectral_features"] == {"normalized_spectra"}
     assert parents["vae_model"] == {"normalized_spectra"}
+    assert parents["anomaly_scores"] == {"normalized_spectra", "vae_model"}
+    assert parents["validation_report"] == {"anomaly_scores", "vae_model"}
 
 
 def test_blocking_and_warning_checks() -> None:
@@ -46,11 +51,18 @@ def test_blocking_and_warning_checks() -> None:
         "coverage": False,
     }
     assert checks_of("vae_model") == {"loss_decreased": True, "val_reduced_chi2": True}
+    assert checks_of("anomaly_scores") == {"one_row_per_spectrum": True, "finite_scores": True}
+    assert checks_of("validation_report") == {"injection_auroc_floor": True, "not_worse_than_pca": True}
 
 
 def test_jobs_schedules_sensors_and_resources() -> None:
     assert defs.resolve_job_def("qad_spectra").partitions_def == SPECTRA
     assert defs.resolve_job_def("qad_train").partitions_def == RELEASES
+    assert defs.resolve_job_def("qad_score").partitions_def == SPECTRA
+    assert defs.resolve_job_def("qad_report").partitions_def == RELEASES
+    champion = defs.resolve_job_def("qad_score_champion")
+    assert champion.partitions_def == SPECTRA
+    assert champion.run_config_schema  # the job carries model=champion for anomaly_scores
     assert defs.resolve_schedule_def("nightly_pipeline").cron_schedule == "0 3 * * *"
     assert defs.resolve_sensor_def("new_release_partitions").job_name == "qad_spectra"
     assert {"storage", "archive", "ray", "gpu", "mlflow"} <= set(defs.resources)

@@ -1,5 +1,6 @@
 """``vae_model``: the VAE of one release, trained on its normalized spectra and registered in MLflow."""
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -11,13 +12,18 @@ from qad_assets.assets.fan_out import CheckTable, check_result, check_specs
 from qad_assets.assets.normalized_spectra import normalized_spectra
 from qad_assets.partitions import release_partitions
 from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask
+from qad_assets.science.scoring import fit_scorer
 from qad_assets.science.training import TrainOptions, TrainResult, train_vae, train_vae_ray
 from qad_assets.science.vae import VaeConfig, save_model
+from qad_assets.science.validation import load_release_spectra
 from resources.gpu import GpuResource
 from resources.k8s import K8S_GPU_TAGS
 from resources.mlflow import CHALLENGER, MlflowResource
 from resources.ray import RayResource
 from resources.storage import StorageResource
+
+#: Spectra the scorer's latent density and S/N calibrations are fitted on (a bounded sample of a release).
+MAX_SCORER_ROWS = 200_000
 
 #: Validation χ² per effective pixel above which the model did not learn quasars (noise alone gives 1).
 MAX_VAL_REDUCED_CHI2 = 2.0
@@ -86,6 +92,16 @@ def vae_model(
     result = train(config, paths, device, storage.asset_dir("vae_model", release) / "ray")
     model_dir = storage.asset_dir("vae_model", release) / "model"
     save_model(result.model, result.config, REST_GRID, model_dir)
+    spectra = load_release_spectra(paths, max_rows=MAX_SCORER_ROWS)
+    fit_scorer(
+        result.model,
+        spectra.flux,
+        spectra.ivar,
+        spectra.snr,
+        spectra.targetid,
+        val_fraction=config.train_options().val_fraction,
+        grid=REST_GRID,
+    ).save(model_dir / "scorer.json")
     tags = {"release": release, "dagster_run_id": context.run_id, "code_version": "1", "device": str(device)}
     params = {**result.config.to_dict(), **vars(config.train_options()), "partitions": len(paths)}
     run_id, version = mlflow.log_model_version(
@@ -110,6 +126,7 @@ def vae_model(
     ]
     if all(c.passed for c in checks):
         mlflow.set_alias(CHALLENGER, version)
+    write_registration(storage.asset_dir("vae_model", release), version=version, run_id=run_id)
     return dg.MaterializeResult(
         metadata={
             "model_uri": f"models:/{mlflow.registered_model}/{version}",
@@ -145,3 +162,17 @@ def train(config: VaeTrainingConfig, paths: list[Path], device: torch.device, ra
         num_workers=config.ray_workers,
         use_gpu=device.type == "cuda",
     )
+
+
+def write_registration(folder: Path, *, version: str, run_id: str) -> None:
+    """Which registered version this release's model is, for the scoring step (atomic JSON)."""
+    tmp = folder / ".registration.json.tmp"
+    tmp.write_text(json.dumps({"version": version, "mlflow_run_id": run_id}))
+    tmp.replace(folder / "registration.json")
+
+
+def read_registration(folder: Path) -> dict[str, str]:
+    path = folder / "registration.json"
+    if not path.exists():
+        raise dg.Failure(f"{path}: no trained model for this release; materialize vae_model first")
+    return json.loads(path.read_text())

@@ -27,7 +27,9 @@ from qad_assets.science.rest_frame import (
     normalized_table,
     spectra_to_numpy,
 )
+from qad_assets.science.scoring import Scorer, score_spectra, spectrum_snr
 from qad_assets.science.spectral_features import Backend, spectral_features
+from qad_assets.science.vae import load_model
 
 
 @dataclass(frozen=True)
@@ -127,3 +129,79 @@ def feature_partition(normalized: Path, *, out: Path, backend: Backend = "polars
     write_table_atomic(features.to_arrow(), out)
     n = table.num_rows
     return StepSummary(n, n, 0, 0, seconds=time.perf_counter() - start, output=str(out))
+
+
+SCORE_COLUMNS = (
+    "reduced_chi2",
+    "chi2",
+    "n_obs",
+    "kl",
+    "neg_elbo",
+    "latent_nll",
+    "anomaly_score",
+    "p_value",
+    "top_region",
+    "top_region_share",
+    "worst_arm",
+)
+
+
+def score_partition(
+    normalized: Path, *, out: Path, model_dir: Path, model_version: str, trained_on_release: bool, device: str = "cpu"
+) -> StepSummary:
+    """``normalized_spectra`` Parquet → ``anomaly_scores`` Parquet with the model of ``model_dir``.
+
+    ``rank`` is written as null here and filled release-wide by :func:`rank_release`.
+    """
+    start = time.perf_counter()
+    model, _, _ = load_model(model_dir, grid=REST_GRID, map_location=device)
+    scorer = Scorer.load(model_dir / "scorer.json")
+    table = read_table(normalized, NORMALIZED_SCHEMA, columns=["TARGETID", "Z", "flux", "ivar"])
+    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
+    targetid, z = table["TARGETID"].to_numpy(), table["Z"].to_numpy()
+    snr = spectrum_snr(flux, ivar, REST_GRID)
+    scores = score_spectra(
+        model,
+        scorer,
+        flux,
+        ivar,
+        z,
+        snr,
+        REST_GRID,
+        targetid=targetid if trained_on_release else None,
+        device=device,
+    )
+    latent = scores["latent_mean"].astype(np.float32)
+    columns = {
+        "TARGETID": pa.array(targetid, pa.int64()),
+        "Z": pa.array(z),
+        "snr": pa.array(snr),
+        **{name: pa.array(scores[name]) for name in SCORE_COLUMNS},
+        "anomaly_score": pa.array(scores["anomaly_score"], pa.float64()),
+        "latent": pa.FixedSizeListArray.from_arrays(pa.array(latent.ravel()), latent.shape[1]),
+        "rank": pa.nulls(len(z), pa.int64()),
+        "model_version": pa.array([model_version] * len(z), pa.string()),
+    }
+    write_table_atomic(pa.table(columns), out)
+    n = len(z)
+    return StepSummary(n, n, 0, 0, seconds=time.perf_counter() - start, output=str(out))
+
+
+def rank_release(files: list[Path]) -> int:
+    """Rank every scored spectrum of a release (1 = most anomalous, NaN scores last) and write each
+    file's ``rank`` column; files whose ranks did not change are left untouched. Returns the row count.
+    """
+    scores = [read_table(path, columns=["anomaly_score", "rank"]) for path in files]
+    values = np.concatenate([t["anomaly_score"].to_numpy() for t in scores]) if scores else np.empty(0)
+    order = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")
+    ranks = np.empty(len(values), np.int64)
+    ranks[order] = np.arange(1, len(values) + 1)
+    offset = 0
+    for path, table in zip(files, scores, strict=True):
+        mine = ranks[offset : offset + table.num_rows]
+        offset += table.num_rows
+        if table["rank"].null_count == 0 and np.array_equal(table["rank"].to_numpy(), mine):
+            continue
+        full = read_table(path)
+        write_table_atomic(full.set_column(full.schema.get_field_index("rank"), "rank", pa.array(mine)), path)
+    return len(values)

@@ -1,0 +1,174 @@
+"""``validation_report``: evidence that the detector works on this very release, and the promotion gate."""
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from qad_assets.assets.anomaly_scores import anomaly_scores
+from qad_assets.assets.fan_out import CheckTable, check_result, check_specs
+from qad_assets.assets.vae_model import VaeTrainingConfig, read_registration, vae_model
+from qad_assets.partitions import release_partitions
+from qad_assets.science.parquet_store import read_table
+from qad_assets.science.report import write_report
+from qad_assets.science.rest_frame import REST_GRID, spectra_to_numpy
+from qad_assets.science.scoring import Scorer
+from qad_assets.science.vae import load_model
+from qad_assets.science.validation import (
+    add_positions,
+    crossmatch,
+    fit_baselines,
+    gallery,
+    injection_recovery,
+    json_safe,
+    latent_map,
+    load_release_spectra,
+    method_scores,
+    normal_hosts,
+    read_catalogue,
+    release_scores,
+    retrained_scores,
+    seed_stability,
+    truth_metrics,
+)
+from resources.archive import ArchiveResource
+from resources.k8s import K8S_GPU_TAGS
+from resources.mlflow import CHAMPION, MlflowResource
+from resources.storage import StorageResource
+
+
+class ValidationConfig(dg.Config):
+    auroc_floor: float = Field(default=0.9, description="blocking: the VAE's overall injection AUROC floor")
+    injections_per_class: int = 60
+    stability_seed: int = Field(default=1, description="seed of a second model for ranking stability; -1: skip")
+    crossmatch_catalog: str = Field(default="", description="FITS/CSV/Parquet catalogue to cross-match (optional)")
+    gallery_size: int = 12
+    max_rows: int = Field(default=200_000, description="spectra of the release the harness loads at most")
+
+
+CHECKS: CheckTable = {
+    "injection_auroc_floor": (True, "the VAE's overall injection-recovery AUROC reaches the configured floor"),
+    "not_worse_than_pca": (True, "the VAE's overall injection AUROC is at least the PCA baseline's"),
+}
+
+
+@dg.asset(
+    partitions_def=release_partitions,
+    deps=[dg.AssetDep(anomaly_scores, partition_mapping=dg.AllPartitionMapping()), vae_model],
+    check_specs=check_specs("validation_report", CHECKS),
+    op_tags=K8S_GPU_TAGS,
+    pool="gpu",
+    kinds={"html", "mlflow"},
+    group_name="scores",
+    code_version="1",
+)
+def validation_report(
+    context: dg.AssetExecutionContext,
+    config: ValidationConfig,
+    storage: StorageResource,
+    archive: ArchiveResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Injection–recovery of seven anomaly classes with the VAE next to PCA and Isolation Forest
+    baselines, truth metrics when the release has a truth table, ranking stability across seeds,
+    cross-match of the top candidates, and one self-contained HTML report. When both checks pass the
+    release's model version becomes ``champion``.
+    """
+    release = context.partition_key
+    trained = storage.asset_dir("vae_model", release)
+    version = read_registration(trained)["version"]
+    model, _, _ = load_model(trained / "model", grid=REST_GRID)
+    scorer = Scorer.load(trained / "model" / "scorer.json")
+    val_fraction = VaeTrainingConfig().train_options().val_fraction
+    spectra = load_release_spectra(
+        sorted(storage.asset_dir("normalized_spectra", release).glob("*.parquet")), max_rows=config.max_rows
+    )
+    scores = release_scores(sorted(storage.asset_dir("anomaly_scores", release).glob("*.parquet")), spectra.targetid)
+    baselines = fit_baselines(spectra, val_fraction)
+    hosts = spectra.take(normal_hosts(spectra, scores["p_value"].to_numpy(), val_fraction))
+    injection, injections, rho = injection_recovery(
+        model, scorer, baselines, hosts, per_class=config.injections_per_class, seed=0
+    )
+    metrics: dict = {
+        "release": release,
+        "model_version": version,
+        "n_scored": len(spectra.z),
+        "n_heldout_normal": len(hosts.z),
+        "injection": injection,
+        "snr_spearman_normals": rho,
+    }
+    all_scores = method_scores(model, scorer, baselines, spectra, targetid=spectra.targetid)
+    truth_file = Path(archive.root) / f"truth-{release}.parquet"
+    if truth_file.exists():
+        metrics["truth"] = truth_metrics(
+            read_table(truth_file, columns=["TARGETID", "anomaly_class"]), spectra, all_scores
+        )
+    if config.stability_seed >= 0:
+        other = VaeTrainingConfig(seed=config.stability_seed)
+        retrained = retrained_scores(spectra, other.vae_config(), other.train_options())
+        metrics["seed_stability"] = seed_stability(all_scores["vae"], retrained)
+    top = scores.sort_by([("rank", "ascending")]).slice(0, 100)
+    matched = None
+    if config.crossmatch_catalog:
+        matched = crossmatch(with_positions(storage, release, top), read_catalogue(config.crossmatch_catalog))
+        known = int(np.sum(matched["known"].to_numpy(zero_copy_only=False)))
+        metrics["crossmatch"] = {
+            "catalog": config.crossmatch_catalog,
+            "n_top": matched.num_rows,
+            "n_known": known,
+            "n_new": matched.num_rows - known,
+        }
+    vae_auroc = injection["overall"]["vae"]["auroc"]
+    pca_auroc = injection["overall"]["pca_chi2"]["auroc"]
+    checks = {
+        "injection_auroc_floor": (
+            vae_auroc >= config.auroc_floor,
+            f"VAE AUROC {vae_auroc:.3f} vs floor {config.auroc_floor}",
+        ),
+        "not_worse_than_pca": (vae_auroc >= pca_auroc, f"VAE AUROC {vae_auroc:.3f} vs PCA {pca_auroc:.3f}"),
+    }
+    metrics["checks"] = {name: {"passed": bool(ok), "detail": detail} for name, (ok, detail) in checks.items()}
+    files = write_report(
+        storage.asset_dir("validation_report", release),
+        release=release,
+        model_version=version,
+        metrics=json_safe(metrics),
+        scores=scores,
+        injections=injections,
+        gallery=gallery(
+            model,
+            spectra,
+            scores["anomaly_score"].to_numpy(),
+            scores["top_region"].to_numpy(zero_copy_only=False),
+            config.gallery_size,
+        ),
+        latent_2d=latent_map(spectra_to_numpy(scores["latent"])),
+        crossmatch=matched,
+    )
+    promoted = all(ok for ok, _ in checks.values())
+    if promoted:
+        mlflow.set_alias(CHAMPION, version)
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.path(str(files.html)),
+            "metrics_json": dg.MetadataValue.path(str(files.metrics_json)),
+            "summary": dg.MetadataValue.md(files.summary_markdown),
+            "overall_auroc": float(vae_auroc),
+            "pca_auroc": float(pca_auroc),
+            "snr_spearman_vae": float(rho["vae"]),
+            "promoted_to_champion": promoted,
+            "model_version": version,
+            **{f"figure_{name}": dg.MetadataValue.path(str(path)) for name, path in files.figures.items()},
+        },
+        check_results=[
+            check_result("validation_report", CHECKS, name, ok, {"detail": detail})
+            for name, (ok, detail) in checks.items()
+        ],
+    )
+
+
+def with_positions(storage: StorageResource, release: str, top: pa.Table) -> pa.Table:
+    """Add TARGET_RA/TARGET_DEC from raw_spectra to the top candidates (for a positional cross-match)."""
+    return add_positions(top, sorted(storage.asset_dir("raw_spectra", release).glob("*.parquet")))

@@ -1,0 +1,570 @@
+"""Per-spectrum anomaly scores from a trained VAE, calibrated so that they do not track S/N.
+
+A quasar is anomalous when the VAE, which learned what normal quasars look like, cannot reconstruct
+it, or can only with an unusual latent code. Raw goodness-of-fit numbers grow with S/N, though: the
+model is imperfect at the ~1 % level, invisible at S/N 2 and dominant at S/N 30. So every score
+component is standardised against held-out normal spectra *as a function of S/N* (its robust median
+and width, fitted against log S/N), the standardised components are summed, the sum is standardised
+once more, and a tail p-value comes from the same held-out spectra. The model fits the spectra it was
+trained on better than others (noticeably so on a small release), so those are standardised against
+the training spectra instead, when their TARGETIDs are given. Choices and measured figures:
+``docs/scoring.md``.
+
+Components (higher = worse fit), all from one reconstruction per spectrum:
+
+* ``log_reduced_chi2``: χ²/(n_eff − 1) over observed pixels, Lyα forest down-weighted as in training;
+* ``coherent_chi2_8``, ``coherent_chi2_32``: residuals summed over blocks of 8 / 32 pixels (≈ 1400 /
+  5500 km/s) before squaring, ``(Σ w·r)² / Σ w`` averaged over blocks. Noise averages out in a block,
+  a physical mismatch (a trough, a line of the wrong strength, a bent continuum) adds up, so these
+  see broad features that the per-pixel χ² dilutes;
+* ``peak_chi2_8``: the largest 8-pixel block: one localized feature in an otherwise normal spectrum;
+* ``latent_nll``: −log density of the latent mean under a Gaussian mixture fitted on the training
+  spectra's latent means: a spectrum the decoder can fit, but only from an unusual place.
+
+Plain numpy/torch/scikit-learn, no Dagster. Everything scoring needs is in :class:`Scorer`, JSON-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+
+from qad_assets.science.rest_frame import (
+    NORM_MIN_WAVE,
+    REGION_CIII,
+    REGION_CIV,
+    REGION_CONTINUUM,
+    REGION_HALPHA,
+    REGION_HBETA,
+    REGION_LYA_FOREST,
+    REGION_LYA_NV,
+    REGION_MGII,
+    REGION_SIIV,
+    RestFrameGrid,
+    masked_median,
+    region_codes,
+)
+from qad_assets.science.training import select_rows
+from qad_assets.science.vae import SpectrumVAE, grid_fingerprint, reconstruct
+
+#: Region names of the ``rest_frame`` region codes, as ``top_region`` reports them.
+REGION_NAMES: dict[int, str] = {
+    REGION_CONTINUUM: "continuum",
+    REGION_LYA_FOREST: "lya_forest",
+    REGION_LYA_NV: "lya_nv",
+    REGION_SIIV: "siiv",
+    REGION_CIV: "civ",
+    REGION_CIII: "ciii",
+    REGION_MGII: "mgii",
+    REGION_HBETA: "hbeta",
+    REGION_HALPHA: "halpha",
+}
+
+#: Observed-frame arms (Å). DESI's arms overlap (B 3600–5800, R 5760–7620, Z 7520–9824); a pixel in
+#: an overlap goes to the arm whose half of the overlap it is in, so the arms partition the spectrum.
+ARM_EDGES: dict[str, tuple[float, float]] = {"b": (3600.0, 5780.0), "r": (5780.0, 7570.0), "z": (7570.0, 9824.0)}
+
+#: Block sizes (pixels) of the coherent-residual components: 8 ≈ 1400 km/s, 32 ≈ 5500 km/s on REST_GRID.
+COHERENT_BLOCKS = (8, 32)
+PEAK_BLOCK = 8
+COMPONENTS = ("log_reduced_chi2", "coherent_chi2_8", "coherent_chi2_32", "peak_chi2_8", "latent_nll")
+
+#: S/N below this is treated as this (the log of a noise-only median is meaningless).
+MIN_SNR = 0.1
+#: Fewest held-out spectra that can calibrate a score (median and width against S/N, then a p-value).
+MIN_CALIBRATION_ROWS = 20
+_MAD_TO_SIGMA = 1.4826
+_SCORER_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------
+# S/N and its calibration
+# --------------------------------------------------------------------------------------------------
+
+
+def spectrum_snr(flux: np.ndarray, ivar: np.ndarray, grid: RestFrameGrid) -> np.ndarray:
+    """Median flux·√ivar per rest pixel redward of 1250 Å (no forest), float64 (N,).
+
+    The pixels that set the normalization; all good pixels when fewer than 50 are there.
+    """
+    good = ivar > 0
+    select = good & (grid.wave >= NORM_MIN_WAVE)
+    few = select.sum(axis=1) < 50
+    select[few] = good[few]
+    return masked_median(flux * np.sqrt(np.clip(ivar, 0.0, None)), select)
+
+
+def _log_snr(snr: np.ndarray) -> np.ndarray:
+    return np.log10(np.clip(np.nan_to_num(np.asarray(snr, np.float64), nan=MIN_SNR), MIN_SNR, None))
+
+
+@dataclass(frozen=True)
+class SnrCalibration:
+    """Median and robust width of one score against x = log10 S/N, and the standardisation they give.
+
+    The median is a quadratic in x fitted by least absolute deviations. Above the fitted S/N range it
+    continues linearly with its end slope (model imperfection keeps growing with S/N); below, it is
+    held at its end value (noise alone sets a χ²-like score there, whatever the S/N). The width is
+    ``exp(line in x)``, fitted to log(1.4826·|residual|) by least absolute deviations (so it is the
+    MAD at every x, stays positive and can grow tenfold over the S/N range, as a χ² spread does),
+    held constant beyond the range and floored.
+    """
+
+    median_coef: tuple[float, ...]  # numpy.polynomial order: c0 + c1·x + c2·x²
+    log_width_coef: tuple[float, ...]
+    x_range: tuple[float, float]
+    min_width: float
+
+    def median(self, x: np.ndarray) -> np.ndarray:
+        lo, hi = self.x_range
+        inside = np.clip(x, lo, hi)
+        poly = np.polynomial.Polynomial(self.median_coef)
+        return poly(inside) + poly.deriv()(hi) * np.clip(x - hi, 0.0, None)
+
+    def width(self, x: np.ndarray) -> np.ndarray:
+        inside = np.clip(x, *self.x_range)
+        return np.maximum(np.exp(np.polynomial.Polynomial(self.log_width_coef)(inside)), self.min_width)
+
+    def standardise(self, values: np.ndarray, snr: np.ndarray) -> np.ndarray:
+        """``(value − median(S/N)) / width(S/N)``: 0 is a typical normal spectrum of that S/N."""
+        x = _log_snr(snr)
+        return (np.asarray(values, np.float64) - self.median(x)) / self.width(x)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "median_coef": list(self.median_coef),
+            "log_width_coef": list(self.log_width_coef),
+            "x_range": list(self.x_range),
+            "min_width": self.min_width,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SnrCalibration:
+        return cls(
+            tuple(float(c) for c in d["median_coef"]),
+            tuple(float(c) for c in d["log_width_coef"]),
+            (float(d["x_range"][0]), float(d["x_range"][1])),
+            float(d["min_width"]),
+        )
+
+
+def fit_snr_calibration(values: np.ndarray, snr: np.ndarray) -> SnrCalibration:
+    """Robust S/N trend of ``values`` on (mostly) normal spectra; non-finite rows are ignored.
+
+    Least absolute deviations keep a few anomalies among the calibration spectra from pulling the
+    fit. The width floor is 1 % of the median width, so a degenerate stretch cannot divide by ~0.
+    """
+    x, y = _log_snr(snr), np.asarray(values, np.float64)
+    use = np.isfinite(y)
+    x, y = x[use], y[use]
+    if x.size < MIN_CALIBRATION_ROWS:
+        raise ValueError(f"{x.size} finite calibration values; at least {MIN_CALIBRATION_ROWS} are needed")
+    median_coef = _lad_polyfit(x, y, degree=2)
+    spread = _MAD_TO_SIGMA * np.abs(y - np.polynomial.Polynomial(median_coef)(x))
+    min_width = 0.01 * max(float(np.median(spread)), 1e-9)
+    log_width_coef = _lad_polyfit(x, np.log(np.maximum(spread, min_width)), degree=1)
+    return SnrCalibration(tuple(median_coef), tuple(log_width_coef), (float(x.min()), float(x.max())), min_width)
+
+
+def _lad_polyfit(x: np.ndarray, y: np.ndarray, degree: int, iterations: int = 50) -> np.ndarray:
+    """Least-absolute-deviation polynomial (coefficients low → high) by iteratively reweighted LS."""
+    design = np.vander(x, degree + 1, increasing=True)
+    coef = np.linalg.lstsq(design, y, rcond=None)[0]
+    scale = max(float(np.median(np.abs(y - np.median(y)))), 1e-12)
+    for _ in range(iterations):
+        weight = 1.0 / np.sqrt(np.maximum(np.abs(y - design @ coef), 1e-6 * scale))
+        coef = np.linalg.lstsq(design * weight[:, None], y * weight, rcond=None)[0]
+    return coef
+
+
+# --------------------------------------------------------------------------------------------------
+# Latent density
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatentDensity:
+    """A Gaussian mixture over latent means, as plain arrays: (K,) weights, (K, L) means, (K, L, L) covariances."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+
+    def nll(self, latent: np.ndarray) -> np.ndarray:
+        """−log p(latent) under the mixture, float64 (N,)."""
+        latent = np.asarray(latent, np.float64)
+        chol = np.linalg.cholesky(self.covariances)
+        log_det = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+        diff = latent[None, :, :] - self.means[:, None, :]  # (K, N, L)
+        whitened = np.linalg.solve(chol[:, None], diff[..., None])[..., 0]
+        log_comp = -0.5 * (np.square(whitened).sum(-1) + log_det[:, None] + latent.shape[1] * math.log(2 * math.pi))
+        return -_logsumexp(log_comp + np.log(self.weights)[:, None], axis=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights.tolist(),
+            "means": self.means.tolist(),
+            "covariances": self.covariances.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatentDensity:
+        return cls(*(np.asarray(d[k], np.float64) for k in ("weights", "means", "covariances")))
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    top = a.max(axis=axis, keepdims=True)
+    return (top + np.log(np.exp(a - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def fit_latent_density(latent: np.ndarray, n_components: int = 4, seed: int = 0) -> LatentDensity:
+    """Full-covariance mixture on training latent means; fewer components when there are few spectra
+    (at least 50 per component), so each covariance is well determined.
+    """
+    k = max(1, min(n_components, latent.shape[0] // 50))
+    gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed)
+    gmm.fit(np.asarray(latent, np.float64))
+    return LatentDensity(*(np.asarray(a, np.float64) for a in (gmm.weights_, gmm.means_, gmm.covariances_)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The scorer
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What scoring needs besides the model: latent density, calibrations, reference scores.
+
+    ``calibrations`` come from the held-out spectra, ``train_calibrations`` from the training spectra
+    (for scoring those: an in-sample fit is better than an out-of-sample one). Each holds one entry
+    per component and ``"anomaly_score"`` for their sum. ``reference`` holds the final scores of the
+    held-out spectra, sorted: the p-value of a score is the fraction of them at least as high (+1
+    correction).
+    """
+
+    grid_sha256: str
+    val_fraction: float
+    density: LatentDensity
+    calibrations: dict[str, SnrCalibration]
+    train_calibrations: dict[str, SnrCalibration]
+    reference: np.ndarray
+
+    def combine(
+        self, components: dict[str, np.ndarray], snr: np.ndarray, in_training: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Standardised components ``{name: z}`` and the S/N-standardised sum of them; rows flagged
+        ``in_training`` against the training spectra.
+        """
+        z, score = _standardise(self.calibrations, components, snr)
+        if in_training is None or not np.any(in_training):
+            return z, score
+        z_train, score_train = _standardise(self.train_calibrations, components, snr)
+        z = {name: np.where(in_training, z_train[name], z[name]) for name in z}
+        return z, np.where(in_training, score_train, score)
+
+    def p_value(self, score: np.ndarray) -> np.ndarray:
+        """``(1 + #reference ≥ score) / (1 + n)``, in (0, 1]; NaN for a NaN score."""
+        score = np.asarray(score, np.float64)
+        above = self.reference.size - np.searchsorted(self.reference, score, side="left")
+        return np.where(np.isfinite(score), (1.0 + above) / (1.0 + self.reference.size), np.nan)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": _SCORER_VERSION,
+            "grid_sha256": self.grid_sha256,
+            "val_fraction": self.val_fraction,
+            "density": self.density.to_dict(),
+            "calibrations": {name: c.to_dict() for name, c in self.calibrations.items()},
+            "train_calibrations": {name: c.to_dict() for name, c in self.train_calibrations.items()},
+            "reference": self.reference.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scorer:
+        if d.get("version") != _SCORER_VERSION:
+            raise ValueError(f"scorer format version {d.get('version')!r}, expected {_SCORER_VERSION}")
+        return cls(
+            grid_sha256=str(d["grid_sha256"]),
+            val_fraction=float(d["val_fraction"]),
+            density=LatentDensity.from_dict(d["density"]),
+            calibrations={name: SnrCalibration.from_dict(c) for name, c in d["calibrations"].items()},
+            train_calibrations={name: SnrCalibration.from_dict(c) for name, c in d["train_calibrations"].items()},
+            reference=np.asarray(d["reference"], np.float64),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON through a temporary file and a rename (readers never see half a scorer)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict()))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scorer:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Raw components, explanations
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RawScores:
+    """Per-spectrum numbers of one batch before calibration."""
+
+    reduced_chi2: np.ndarray
+    chi2: np.ndarray
+    n_obs: np.ndarray
+    kl: np.ndarray
+    latent_mean: np.ndarray
+    coherent: dict[int, np.ndarray]  # block size → log mean block χ²
+    peak: np.ndarray  # log max block χ²
+
+    def components(self, density: LatentDensity) -> dict[str, np.ndarray]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_reduced = np.log(self.reduced_chi2)
+        return {
+            "log_reduced_chi2": log_reduced,
+            **{f"coherent_chi2_{b}": self.coherent[b] for b in COHERENT_BLOCKS},
+            f"peak_chi2_{PEAK_BLOCK}": self.peak,
+            "latent_nll": density.nll(self.latent_mean),
+        }
+
+
+def _raw_scores(
+    model: SpectrumVAE, flux: np.ndarray, ivar: np.ndarray, device: torch.device | str | None
+) -> tuple[_RawScores, np.ndarray]:
+    """Reconstruct one batch and measure every raw component on it; also the per-pixel χ² (N, P)."""
+    flux_t = torch.tensor(flux, dtype=torch.float32)  # a copy: Arrow-backed input is read-only
+    ivar_t = torch.tensor(ivar, dtype=torch.float32).clamp_(min=0.0)
+    rec = reconstruct(model, flux_t, ivar_t, device=device, batch_size=max(len(flux), 1))
+    weights = model.pixel_weights(ivar_t).numpy()
+    residual = np.where(ivar > 0, flux - rec.spectrum, 0.0)
+    block_chi2 = {b: _block_chi2(residual, weights, b) for b in {*COHERENT_BLOCKS, PEAK_BLOCK}}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coherent = {b: np.log(np.nanmean(block_chi2[b], axis=1)) for b in COHERENT_BLOCKS}
+        peak = np.log(np.nanmax(block_chi2[PEAK_BLOCK], axis=1))
+    raw = _RawScores(
+        reduced_chi2=rec.reduced_chi2,
+        chi2=rec.chi2.astype(np.float64),
+        n_obs=rec.n_obs,
+        kl=rec.kl.astype(np.float64),
+        latent_mean=rec.latent_mean,
+        coherent=coherent,
+        peak=peak,
+    )
+    return raw, weights * residual**2
+
+
+def _block_chi2(residual: np.ndarray, weights: np.ndarray, block: int) -> np.ndarray:
+    """``(Σ w·r)² / Σ w`` per block of ``block`` pixels (N, P/block), NaN for blocks without data.
+
+    For independent Gaussian noise each block is χ² with one degree of freedom whatever the block
+    size; a coherent mismatch of amplitude δ over the block adds ≈ block·δ²·w̄ to it.
+    """
+    n, npix = residual.shape
+    if npix % block:
+        raise ValueError(f"grid of {npix} pixels does not split into blocks of {block}")
+    summed = (weights * residual).reshape(n, -1, block).sum(axis=2)
+    weight = weights.reshape(n, -1, block).sum(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(weight > 0, summed**2 / weight, np.nan)
+
+
+def arm_index(grid: RestFrameGrid, z: np.ndarray) -> np.ndarray:
+    """Index into :data:`ARM_EDGES` (0 b, 1 r, 2 z) of each rest pixel observed at λ·(1 + z); −1 outside."""
+    observed = grid.wave[None, :] * (1.0 + np.asarray(z, np.float64)[:, None])
+    bounds = [lo for lo, _ in ARM_EDGES.values()] + [next(reversed(ARM_EDGES.values()))[1]]
+    index = np.searchsorted(bounds, observed, side="right") - 1
+    return np.where((index >= 0) & (index < len(ARM_EDGES)), index, -1).astype(np.int8)
+
+
+def _largest_excess(pixel_chi2: np.ndarray, observed: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per spectrum, the group whose χ² most exceeds its pixel share of the spectrum's total χ².
+
+    ``excess_g = χ²_g − n_g·χ²/n``: a region that holds many pixels and a region with a few bad ones
+    compete on the same footing, and a spectrum's overall misfit level cancels. ``groups`` is (P,) or
+    (N, P) with −1 for pixels in no group.
+    """
+    groups = np.broadcast_to(groups, pixel_chi2.shape)
+    chi2_total = pixel_chi2.sum(axis=1, keepdims=True)
+    n_total = np.maximum(observed.sum(axis=1, keepdims=True), 1)
+    excess = np.stack(
+        [
+            (np.where(groups == g, pixel_chi2, 0.0)).sum(axis=1)
+            - (observed & (groups == g)).sum(axis=1) * chi2_total[:, 0] / n_total[:, 0]
+            for g in range(n_groups)
+        ],
+        axis=1,
+    )
+    return np.argmax(excess, axis=1)
+
+
+def _explain(pixel_chi2: np.ndarray, observed: np.ndarray, z: np.ndarray, grid: RestFrameGrid) -> dict[str, np.ndarray]:
+    """``top_region`` (+ its raw share of χ²) and ``worst_arm`` of each spectrum; '' when nothing is observed."""
+    codes = region_codes(grid)
+    region_ids = np.asarray(sorted(REGION_NAMES))
+    region_of_pixel = np.searchsorted(region_ids, codes)
+    top = _largest_excess(pixel_chi2, observed, region_of_pixel, region_ids.size)
+    chi2_total = pixel_chi2.sum(axis=1)
+    top_chi2 = np.where(region_of_pixel[None, :] == top[:, None], pixel_chi2, 0.0).sum(axis=1)
+    arm = _largest_excess(pixel_chi2, observed, arm_index(grid, z), len(ARM_EDGES))
+    has_data = observed.any(axis=1)
+    names = np.asarray([REGION_NAMES[c] for c in region_ids])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(chi2_total > 0, top_chi2 / chi2_total, np.nan)
+    return {
+        "top_region": np.where(has_data, names[top], ""),
+        "top_region_share": np.where(has_data, share, np.nan),
+        "worst_arm": np.where(has_data, np.asarray(list(ARM_EDGES))[arm], ""),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------------
+
+
+def fit_scorer(
+    model: SpectrumVAE,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    snr: np.ndarray,
+    targetid: np.ndarray,
+    *,
+    val_fraction: float,
+    grid: RestFrameGrid,
+    device: torch.device | str | None = None,
+    batch_size: int = 2048,
+) -> Scorer:
+    """Fit the latent density on the training rows and every calibration on the held-out rows.
+
+    Rows split by TARGETID hash exactly as :func:`~qad_assets.science.training.select_rows` split
+    them for training, so pass the ``val_fraction`` the model was trained with: the calibration
+    spectra are then ones the model never saw. They are not known to be normal; the robust fits
+    and the p-value reference tolerate the few per cent of anomalies a release holds.
+    """
+    is_val = select_rows(np.asarray(targetid, np.int64), "val", val_fraction)
+    if is_val.sum() < MIN_CALIBRATION_ROWS or (~is_val).sum() < MIN_CALIBRATION_ROWS:
+        raise ValueError(
+            f"{is_val.sum()} held-out and {(~is_val).sum()} training rows at val_fraction={val_fraction}; "
+            f"each needs at least {MIN_CALIBRATION_ROWS}"
+        )
+    raw = [_raw_scores(model, flux[s], ivar[s], device)[0] for s in _batches(len(flux), batch_size)]
+    density = fit_latent_density(np.concatenate([r.latent_mean for r in raw])[~is_val])
+    per_batch = [r.components(density) for r in raw]
+    components = {name: np.concatenate([c[name] for c in per_batch]) for name in COMPONENTS}
+    snr = np.asarray(snr, np.float64)
+    calibrations = _fit_calibrations({k: v[is_val] for k, v in components.items()}, snr[is_val])
+    train_calibrations = _fit_calibrations({k: v[~is_val] for k, v in components.items()}, snr[~is_val])
+    _, reference = _standardise(calibrations, {k: v[is_val] for k, v in components.items()}, snr[is_val])
+    return Scorer(
+        grid_sha256=grid_fingerprint(grid),
+        val_fraction=float(val_fraction),
+        density=density,
+        calibrations=calibrations,
+        train_calibrations=train_calibrations,
+        reference=np.sort(reference[np.isfinite(reference)]),
+    )
+
+
+def _fit_calibrations(components: dict[str, np.ndarray], snr: np.ndarray) -> dict[str, SnrCalibration]:
+    """One calibration per component, then one for the sum of the standardised components."""
+    calibrations = {name: fit_snr_calibration(components[name], snr) for name in COMPONENTS}
+    z_sum = sum(calibrations[name].standardise(components[name], snr) for name in COMPONENTS)
+    return calibrations | {"anomaly_score": fit_snr_calibration(z_sum, snr)}
+
+
+def _standardise(
+    calibrations: dict[str, SnrCalibration], components: dict[str, np.ndarray], snr: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    z = {name: calibrations[name].standardise(components[name], snr) for name in COMPONENTS}
+    return z, calibrations["anomaly_score"].standardise(sum(z.values()), snr)
+
+
+def score_spectra(
+    model: SpectrumVAE,
+    scorer: Scorer,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    z: np.ndarray,
+    snr: np.ndarray,
+    grid: RestFrameGrid,
+    *,
+    targetid: np.ndarray | None = None,
+    device: torch.device | str | None = None,
+    batch_size: int = 2048,
+) -> dict[str, np.ndarray]:
+    """Scores and explanations of every spectrum, in batches of ``batch_size`` (vectorised within).
+
+    Pass ``targetid`` when scoring the release the model was trained on: rows of the training split
+    are then standardised against training spectra (:class:`Scorer`). Without it every row is
+    treated as unseen, which is right for spectra from elsewhere.
+
+    Returns (N,) arrays: ``reduced_chi2``, ``chi2``, ``n_obs``, ``kl``, ``neg_elbo`` (χ²/2 + KL),
+    ``latent_nll``, ``z_<component>`` (each standardised component), ``anomaly_score`` (float64,
+    higher = more anomalous, ≈ N(0, 1) for normal spectra at every S/N), ``p_value``,
+    ``top_region``, ``top_region_share`` (that region's raw share of the spectrum's χ²),
+    ``worst_arm``; and ``latent_mean`` (N, L). A spectrum without observed pixels gets NaN scores
+    and empty explanations.
+    """
+    if grid_fingerprint(grid) != scorer.grid_sha256:
+        raise ValueError("the scorer was fitted on another rest-frame grid than the data's")
+    if len(flux) == 0:
+        raise ValueError("no spectra to score")
+    in_training = (
+        np.zeros(len(flux), bool)
+        if targetid is None
+        else select_rows(np.asarray(targetid, np.int64), "train", scorer.val_fraction)
+    )
+    parts = [
+        _score_batch(
+            model, scorer, flux[s], ivar[s], np.asarray(z)[s], np.asarray(snr)[s], in_training[s], grid, device
+        )
+        for s in _batches(len(flux), batch_size)
+    ]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _score_batch(
+    model: SpectrumVAE,
+    scorer: Scorer,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    z: np.ndarray,
+    snr: np.ndarray,
+    in_training: np.ndarray,
+    grid: RestFrameGrid,
+    device: torch.device | str | None,
+) -> dict[str, np.ndarray]:
+    raw, pixel_chi2 = _raw_scores(model, flux, ivar, device)
+    components = raw.components(scorer.density)
+    standardised, score = scorer.combine(components, snr, in_training)
+    return {
+        "reduced_chi2": raw.reduced_chi2,
+        "chi2": raw.chi2,
+        "n_obs": raw.n_obs,
+        "kl": raw.kl,
+        "neg_elbo": 0.5 * raw.chi2 + raw.kl,
+        "latent_nll": components["latent_nll"],
+        **{f"z_{name}": value for name, value in standardised.items()},
+        "anomaly_score": score,
+        "p_value": scorer.p_value(score),
+        **_explain(pixel_chi2, ivar > 0, z, grid),
+        "latent_mean": raw.latent_mean,
+    }
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(start, start + size) for start in range(0, n, size)]

@@ -1,0 +1,269 @@
+"""Validation of a release's detector: injection–recovery against baselines, truth, stability, cross-match.
+
+Everything the ``validation_report`` asset shows is computed here from arrays and tables, so the same
+harness runs in tests, in benchmarks and in the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from qad_assets.science.baselines import IsolationForestBaseline, PcaBaseline
+from qad_assets.science.evaluation import detection_metrics, metrics_report, spearman, top_jaccard
+from qad_assets.science.injection import injection_set
+from qad_assets.science.parquet_store import read_table
+from qad_assets.science.report import Gallery
+from qad_assets.science.rest_frame import REST_GRID, RestFrameGrid, lya_forest_mask, spectra_to_numpy
+from qad_assets.science.scoring import Scorer, fit_scorer, score_spectra, spectrum_snr
+from qad_assets.science.training import SpectraArrays, TrainOptions, select_rows, train_vae
+from qad_assets.science.vae import SpectrumVAE, VaeConfig, reconstruct
+
+#: Held-out spectra with a p-value below this are not used as normal hosts for injections.
+NORMAL_P_VALUE = 0.05
+
+
+@dataclass(frozen=True)
+class ReleaseSpectra:
+    """Normalized spectra of a release (or a bounded sample of it), row-aligned arrays."""
+
+    targetid: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    z: np.ndarray
+    snr: np.ndarray
+
+    def take(self, rows: np.ndarray) -> ReleaseSpectra:
+        return ReleaseSpectra(self.targetid[rows], self.flux[rows], self.ivar[rows], self.z[rows], self.snr[rows])
+
+
+def load_release_spectra(paths: Sequence[Path], *, max_rows: int, grid: RestFrameGrid = REST_GRID) -> ReleaseSpectra:
+    """The first ``max_rows`` spectra of the partitions (in path order): bounded memory on any release."""
+    tables, rows = [], 0
+    for path in paths:
+        if rows >= max_rows:
+            break
+        table = read_table(path, columns=["TARGETID", "Z", "flux", "ivar"]).slice(0, max_rows - rows)
+        tables.append(table)
+        rows += table.num_rows
+    table = pa.concat_tables(tables)
+    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
+    return ReleaseSpectra(
+        targetid=table["TARGETID"].to_numpy(),
+        flux=flux,
+        ivar=ivar,
+        z=table["Z"].to_numpy(),
+        snr=spectrum_snr(flux, ivar, grid),
+    )
+
+
+def fit_baselines(spectra: ReleaseSpectra, val_fraction: float) -> tuple[PcaBaseline, IsolationForestBaseline]:
+    """PCA reconstruction χ² and an Isolation Forest on PCA coefficients, fitted like the VAE was."""
+    args = (spectra.flux, spectra.ivar, spectra.snr, spectra.targetid)
+    pca = PcaBaseline(REST_GRID).fit(*args, val_fraction=val_fraction)
+    forest = IsolationForestBaseline(pca).fit(*args, val_fraction=val_fraction)
+    return pca, forest
+
+
+def method_scores(
+    model: SpectrumVAE,
+    scorer: Scorer,
+    baselines: tuple[PcaBaseline, IsolationForestBaseline],
+    spectra: ReleaseSpectra,
+    *,
+    targetid: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Every method's anomaly score (higher = more anomalous) for the same spectra."""
+    pca, forest = baselines
+    vae = score_spectra(model, scorer, spectra.flux, spectra.ivar, spectra.z, spectra.snr, REST_GRID, targetid=targetid)
+    return {
+        "vae": vae["anomaly_score"],
+        "pca_chi2": pca.score(spectra.flux, spectra.ivar, spectra.snr),
+        "isolation_forest": forest.score(spectra.flux, spectra.ivar, spectra.snr),
+    }
+
+
+def normal_hosts(spectra: ReleaseSpectra, p_value: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Held-out rows (never trained on) judged normal by the detector itself."""
+    return select_rows(spectra.targetid, "val", val_fraction) & (p_value >= NORMAL_P_VALUE)
+
+
+def injection_recovery(
+    model: SpectrumVAE,
+    scorer: Scorer,
+    baselines: tuple[PcaBaseline, IsolationForestBaseline],
+    hosts: ReleaseSpectra,
+    *,
+    per_class: int,
+    seed: int,
+) -> tuple[dict, pa.Table, dict[str, float]]:
+    """Inject every anomaly class into normal hosts, score injected and untouched hosts with every
+    method, and return (metrics, the per-spectrum table, |Spearman ρ(score, S/N)| on the hosts).
+    """
+    flux, ivar, labels = injection_set(
+        hosts.flux,
+        hosts.ivar,
+        hosts.z,
+        hosts.snr,
+        hosts.targetid,
+        REST_GRID,
+        per_class=per_class,
+        rng=np.random.default_rng(seed),
+    )
+    injected = ReleaseSpectra(
+        targetid=labels["TARGETID"].to_numpy(),
+        flux=flux,
+        ivar=ivar,
+        z=labels["z"].to_numpy(),
+        snr=spectrum_snr(flux, ivar, REST_GRID),
+    )
+    both = ReleaseSpectra(
+        *(np.concatenate([a, b]) for a, b in zip(vars(injected).values(), vars(hosts).values(), strict=True))
+    )
+    scores = method_scores(model, scorer, baselines, both)
+    n_inj, n_host = len(injected.z), len(hosts.z)
+    classes = np.concatenate([np.asarray(labels["class"].to_pylist()), np.full(n_host, "")])
+    label = classes != ""
+    metrics = metrics_report(label, classes, both.snr, both.z, scores)
+    rho = {m: abs(spearman(s[n_inj:], hosts.snr)) for m, s in scores.items()}
+    table = pa.table(
+        {
+            "TARGETID": both.targetid,
+            "class": np.where(label, classes, "normal"),
+            "strength": np.concatenate([labels["strength"].to_numpy(), np.zeros(n_host)]),
+            "snr": both.snr,
+            "z": both.z,
+            "label": label.astype(np.int8),
+            **{f"score_{m}": s for m, s in scores.items()},
+        }
+    )
+    return metrics, table, rho
+
+
+def truth_metrics(truth: pa.Table, spectra: ReleaseSpectra, scores: dict[str, np.ndarray]) -> dict:
+    """Metrics against a truth table (TARGETID, anomaly_class; null = normal), for the rows it labels."""
+    classes_of = dict(zip(truth["TARGETID"].to_pylist(), truth["anomaly_class"].to_pylist(), strict=True))
+    classes = np.asarray([classes_of.get(t) or "" for t in spectra.targetid.tolist()])
+    known = np.isin(spectra.targetid, truth["TARGETID"].to_numpy())
+    rows = np.flatnonzero(known)
+    return metrics_report(
+        classes[rows] != "", classes[rows], spectra.snr[rows], spectra.z[rows], {m: s[rows] for m, s in scores.items()}
+    )
+
+
+def seed_stability(scores_a: np.ndarray, scores_b: np.ndarray, fraction: float = 0.01) -> dict[str, float]:
+    """Top-``fraction`` Jaccard overlap of two models' rankings of the same spectra."""
+    n_top = max(1, int(np.ceil(fraction * len(scores_a))))
+    return {"top_fraction": fraction, "jaccard": top_jaccard(scores_a, scores_b, fraction), "n_top": n_top}
+
+
+def gallery(model: SpectrumVAE, spectra: ReleaseSpectra, score: np.ndarray, top_region: np.ndarray, k: int) -> Gallery:
+    """The ``k`` highest-scoring spectra with their reconstructions, best first."""
+    order = np.argsort(-np.nan_to_num(score, nan=-np.inf))[:k]
+    rec = reconstruct(model, spectra.flux[order], spectra.ivar[order])
+    return Gallery(
+        wave=REST_GRID.wave,
+        flux=spectra.flux[order],
+        ivar=spectra.ivar[order],
+        model=rec.spectrum,
+        targetid=spectra.targetid[order],
+        z=spectra.z[order],
+        anomaly_score=score[order],
+        top_region=np.asarray(top_region)[order],
+    )
+
+
+def latent_map(latent: np.ndarray) -> np.ndarray:
+    """The first two principal axes of the latent means: a 2-D map of where spectra sit."""
+    centred = latent - np.nanmean(latent, axis=0)
+    centred = np.nan_to_num(centred)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T
+
+
+def crossmatch(top: pa.Table, catalog: pa.Table, *, radius_arcsec: float = 1.5) -> pa.Table:
+    """Which top candidates a catalogue knows: by TARGETID when it has one, else by sky position.
+
+    ``top`` needs TARGETID (and TARGET_RA/TARGET_DEC for a positional match); returns ``top`` with
+    ``known`` (bool) added.
+    """
+    if "TARGETID" in catalog.column_names:
+        known = pc.is_in(top["TARGETID"], value_set=catalog["TARGETID"].combine_chunks()).to_numpy(zero_copy_only=False)
+        return top.append_column("known", pa.array(known))
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    ra_col = "RA" if "RA" in catalog.column_names else "TARGET_RA"
+    dec_col = "DEC" if "DEC" in catalog.column_names else "TARGET_DEC"
+    candidates = SkyCoord(top["TARGET_RA"].to_numpy() * u.deg, top["TARGET_DEC"].to_numpy() * u.deg)
+    reference = SkyCoord(catalog[ra_col].to_numpy() * u.deg, catalog[dec_col].to_numpy() * u.deg)
+    _, separation, _ = candidates.match_to_catalog_sky(reference)
+    return top.append_column("known", pa.array(separation.arcsec <= radius_arcsec))
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(detection_metrics(labels, scores)["auroc"])
+
+
+def release_scores(files: Sequence[Path], targetid: np.ndarray) -> pa.Table:
+    """The release's ``anomaly_scores`` rows, aligned with ``targetid`` (the spectra the harness loaded)."""
+    table = pa.concat_tables(read_table(path) for path in files)
+    position = {t: i for i, t in enumerate(table["TARGETID"].to_pylist())}
+    return table.take(pa.array([position[t] for t in targetid.tolist()]))
+
+
+def retrained_scores(spectra: ReleaseSpectra, config: VaeConfig, options: TrainOptions) -> np.ndarray:
+    """Anomaly scores of the same spectra by a model trained with other options (e.g. another seed)."""
+    result = train_vae(
+        SpectraArrays(spectra.targetid, spectra.flux, spectra.ivar), lya_forest_mask(REST_GRID), config, options
+    )
+    scorer = fit_scorer(
+        result.model,
+        spectra.flux,
+        spectra.ivar,
+        spectra.snr,
+        spectra.targetid,
+        val_fraction=options.val_fraction,
+        grid=REST_GRID,
+    )
+    return score_spectra(
+        result.model, scorer, spectra.flux, spectra.ivar, spectra.z, spectra.snr, REST_GRID, targetid=spectra.targetid
+    )["anomaly_score"]
+
+
+def add_positions(top: pa.Table, raw_files: Sequence[Path]) -> pa.Table:
+    """``top`` with TARGET_RA/TARGET_DEC joined from ``raw_spectra`` files, kept in rank order."""
+    raw = pa.concat_tables(read_table(p, columns=["TARGETID", "TARGET_RA", "TARGET_DEC"]) for p in raw_files)
+    return top.join(raw, "TARGETID", join_type="left outer").sort_by([("rank", "ascending")])
+
+
+def read_catalogue(path: str) -> pa.Table:
+    """A user catalogue: FITS (first table HDU), CSV or Parquet; FITS keeps its 1-D columns."""
+    if path.endswith((".fits", ".fits.gz", ".fit")):
+        from astropy.table import Table
+
+        table = Table.read(path)
+        return pa.table({name: np.asarray(table[name]) for name in table.colnames if table[name].ndim == 1})
+    if path.endswith(".csv"):
+        import pyarrow.csv
+
+        return pyarrow.csv.read_csv(path)
+    return read_table(Path(path))
+
+
+def json_safe(value: object) -> object:
+    """``value`` with NaN/inf floats (e.g. an AUROC of a bin without anomalies) as None, numpy as Python."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
