@@ -99,9 +99,10 @@ def find_partitions(archive: str, release: str | None, specprod: str | None) -> 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
-def materialize(settings: RunSettings, release: str, keys: list[str]) -> list[dict]:
+def materialize(settings: RunSettings, release: str, keys: list[str]) -> tuple[list[dict], str | None]:
     """Materialize the release through the Dagster instance: the spectra partitions in as few runs as
-    their order allows, then the per-release products. Stops at the first failed run.
+    their order allows, then the per-release products. Stops at the first failed run and returns the
+    summary rows so far with what failed (None when every run succeeded).
     """
     os.environ.update(settings.environment())
     prepare_instance_home(settings.storage)
@@ -130,9 +131,9 @@ def materialize(settings: RunSettings, release: str, keys: list[str]) -> list[di
         checks.extend(check_rows(result))
         if not result.success:
             print_checks(checks)
-            raise UserError(failure_message(result))
+            return rows, failure_message(result)
     print_checks(checks)
-    return rows
+    return rows, None
 
 
 def add_partitions(instance, name: str, keys: list[str]) -> None:
@@ -234,8 +235,10 @@ def run_pipeline(settings: RunSettings, release: str | None) -> None:
     settings = RunSettings(settings.storage, settings.archive, specprod, settings.qso_catalog)
     settings.save()
     print(f"release {release}: {len(keys)} partitions from {settings.archive}", file=sys.stderr)
-    rows = materialize(settings, release, keys)
+    rows, failure = materialize(settings, release, keys)
     print_summary(rows, time.perf_counter() - start, settings.storage)
+    if failure:
+        raise UserError(failure)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

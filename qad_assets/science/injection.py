@@ -29,8 +29,6 @@ again as ``normalized_spectra`` does, so it looks like a pipeline product.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import pyarrow as pa
 from scipy.ndimage import gaussian_filter1d
@@ -39,9 +37,6 @@ from qad_assets.science.rest_frame import C_KMS, EMISSION_LINES, RestFrameGrid, 
 from qad_assets.science.scoring import ARM_EDGES, arm_index
 from qad_assets.science.spectral_features import LINES, band_median, pixels
 
-InjectionClass = Literal[
-    "bal", "reddening", "weak_lines", "wrong_redshift", "superposed", "extreme_lines", "calibration_artefact"
-]
 INJECTION_CLASSES: tuple[str, ...] = (
     "bal",
     "reddening",
@@ -122,7 +117,7 @@ def _inject(
 def signal_estimate(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
     """Gaussian-smoothed flux over the good pixels: the spectrum's signal with most noise averaged out."""
     good = (ivar > 0).astype(np.float64)
-    total = gaussian_filter1d(flux * good, SIGNAL_SMOOTH_PIXELS, axis=1, mode="constant")
+    total = gaussian_filter1d(np.where(ivar > 0, flux, 0.0), SIGNAL_SMOOTH_PIXELS, axis=1, mode="constant")
     weight = gaussian_filter1d(good, SIGNAL_SMOOTH_PIXELS, axis=1, mode="constant")
     return np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), 0.0)
 

@@ -385,7 +385,7 @@ def _block_chi2(residual: np.ndarray, weights: np.ndarray, block: int) -> np.nda
 def arm_index(grid: RestFrameGrid, z: np.ndarray) -> np.ndarray:
     """Index into :data:`ARM_EDGES` (0 b, 1 r, 2 z) of each rest pixel observed at λ·(1 + z); −1 outside."""
     observed = grid.wave[None, :] * (1.0 + np.asarray(z, np.float64)[:, None])
-    bounds = [lo for lo, _ in ARM_EDGES.values()] + [next(reversed(ARM_EDGES.values()))[1]]
+    bounds = [lo for lo, _ in ARM_EDGES.values()] + [ARM_EDGES["z"][1]]
     index = np.searchsorted(bounds, observed, side="right") - 1
     return np.where((index >= 0) & (index < len(ARM_EDGES)), index, -1).astype(np.int8)
 

@@ -1,0 +1,274 @@
+"""Anomaly scores, their calibration and explanations, the baselines, injections and metrics.
+
+End to end on a small demo release (3 pixels × 300 rows, ~600 kept quasars): ``write_demo_release`` →
+``read_spectra_file`` → ``normalized_table`` → a small VAE trained for a few epochs → scorer and
+baselines. Rows split three ways by TARGETID hash: the model trains on hash ≥ 0.3; the scorer
+calibrates on hash < 0.15 (and on the training rows, for those); hash 0.15–0.3 is a *test band* that
+neither saw, on which p-values must be uniform. Measured figures are printed (``pytest -s`` shows them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy.stats import kstest
+
+from qad_assets.science.baselines import IsolationForestBaseline, PcaBaseline
+from qad_assets.science.demo_release import write_demo_release
+from qad_assets.science.desi_io import read_spectra_file
+from qad_assets.science.evaluation import detection_metrics, metrics_by, metrics_report, spearman, top_jaccard
+from qad_assets.science.injection import INJECTION_CLASSES, injection_set, scale_signal, shift_spectra
+from qad_assets.science.parquet_store import read_table
+from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask, normalized_table, spectra_to_numpy
+from qad_assets.science.scoring import (
+    REGION_NAMES,
+    Scorer,
+    arm_index,
+    fit_scorer,
+    score_spectra,
+    spectrum_snr,
+)
+from qad_assets.science.spectral_features import pixels
+from qad_assets.science.training import SpectraArrays, TrainOptions, select_rows, train_vae
+from qad_assets.science.vae import SpectrumVAE, VaeConfig
+
+MODEL_VAL_FRACTION = 0.3  # the model never sees hash < 0.3
+SCORER_VAL_FRACTION = 0.15  # the scorer calibrates on hash < 0.15; 0.15–0.3 is the test band
+OPTIONS = TrainOptions(
+    seed=0, max_epochs=10, patience=4, batch_size=64, learning_rate=2e-3, val_fraction=MODEL_VAL_FRACTION
+)
+CONFIG = VaeConfig(latent_dim=8, hidden=(128, 64))
+MAX_SNR_RHO = 0.2
+OBVIOUS_AUROC = 0.75  # per injected class at strength 1, VAE
+BASELINE_AUROC = 0.75  # all injected classes at strength 1 together, each baseline
+
+
+@dataclass(frozen=True)
+class Release:
+    targetid: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    z: np.ndarray
+    snr: np.ndarray
+    normal: np.ndarray  # no anomaly injected by the demo generator
+
+    def take(self, rows: np.ndarray) -> Release:
+        return Release(*(a[rows] for a in (self.targetid, self.flux, self.ivar, self.z, self.snr, self.normal)))
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: SpectrumVAE
+    scorer: Scorer
+    scores: dict[str, np.ndarray]  # of every row; the test band scored as unseen, the rest as the pipeline does
+    test_band: np.ndarray  # rows neither the model nor the scorer saw
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    demo = write_demo_release(tmp_path_factory.mktemp("scoring_demo"), n_pixels=3, targets_per_pixel=300, seed=3)
+    table = pa.concat_tables(
+        normalized_table(read_spectra_file(c, r, release=demo.release).spectra)
+        for c, r in zip(demo.coadd_paths, demo.redrock_paths, strict=True)
+    )
+    truth = read_table(demo.truth_path, columns=["TARGETID", "anomaly_class"])
+    classes = zip(truth["TARGETID"].to_pylist(), truth["anomaly_class"].to_pylist(), strict=True)
+    anomalous = {t for t, c in classes if c}
+    targetid = table["TARGETID"].to_numpy()
+    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
+    return Release(
+        targetid=targetid,
+        flux=flux,
+        ivar=ivar,
+        z=table["Z"].to_numpy(),
+        snr=spectrum_snr(flux, ivar, REST_GRID),
+        normal=np.asarray([t not in anomalous for t in targetid.tolist()]),
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(release: Release) -> Fitted:
+    source = SpectraArrays(release.targetid, release.flux, release.ivar)
+    model = train_vae(source, lya_forest_mask(REST_GRID), CONFIG, OPTIONS).model
+    in_model_val = select_rows(release.targetid, "val", MODEL_VAL_FRACTION)
+    test_band = in_model_val & ~select_rows(release.targetid, "val", SCORER_VAL_FRACTION)
+    seen = release.take(~test_band)
+    scorer = fit_scorer(
+        model, seen.flux, seen.ivar, seen.snr, seen.targetid, val_fraction=SCORER_VAL_FRACTION, grid=REST_GRID
+    )
+    args = (release.flux, release.ivar, release.z, release.snr, REST_GRID)
+    scores = score_spectra(model, scorer, *args, targetid=np.where(test_band, -1, release.targetid))
+    unseen = score_spectra(model, scorer, *args)
+    for key, value in scores.items():
+        value[test_band] = unseen[key][test_band]
+    return Fitted(model, scorer, scores, test_band)
+
+
+@pytest.fixture(scope="module")
+def injected(release: Release) -> tuple[np.ndarray, np.ndarray, pa.Table, Release]:
+    """Every class at strengths 0.25, 0.5, 1 on held-out normal hosts, and those hosts."""
+    hosts = release.take(select_rows(release.targetid, "val", MODEL_VAL_FRACTION) & release.normal)
+    flux, ivar, labels = injection_set(
+        hosts.flux,
+        hosts.ivar,
+        hosts.z,
+        hosts.snr,
+        hosts.targetid,
+        REST_GRID,
+        per_class=45,
+        rng=np.random.default_rng(0),
+    )
+    return flux, ivar, labels, hosts
+
+
+def test_scores_are_finite_and_p_values_in_range(release: Release, fitted: Fitted) -> None:
+    scores = fitted.scores
+    assert np.isfinite(scores["anomaly_score"]).all()
+    assert scores["anomaly_score"].dtype == np.float64
+    assert ((scores["p_value"] > 0) & (scores["p_value"] <= 1)).all()
+    assert scores["latent_mean"].shape == (len(release.z), CONFIG.latent_dim)
+    for key in ("reduced_chi2", "chi2", "kl", "latent_nll", "neg_elbo"):
+        assert np.isfinite(scores[key]).all(), key
+    assert set(scores["top_region"]) <= set(REGION_NAMES.values())
+    assert set(scores["worst_arm"]) <= {"b", "r", "z"}
+    assert ((scores["top_region_share"] >= 0) & (scores["top_region_share"] <= 1)).all()
+
+
+def test_p_values_uniform_on_unseen_normals(release: Release, fitted: Fitted) -> None:
+    rows = fitted.test_band & release.normal
+    p = fitted.scores["p_value"][rows]
+    ks = kstest(p, "uniform")
+    print(
+        f"\ntest-band normals: {rows.sum()}, KS D = {ks.statistic:.3f} (p = {ks.pvalue:.3f}), "
+        f"median p {np.median(p):.2f}"
+    )
+    assert rows.sum() >= 40
+    assert ks.pvalue > 0.01
+
+
+def test_score_does_not_track_snr(release: Release, fitted: Fitted) -> None:
+    normal = release.normal
+    rho = spearman(fitted.scores["anomaly_score"][normal], release.snr[normal])
+    naive = spearman(fitted.scores["reduced_chi2"][normal], release.snr[normal])
+    unseen = fitted.test_band & normal
+    rho_unseen = spearman(fitted.scores["anomaly_score"][unseen], release.snr[unseen])
+    print(
+        f"\nSpearman ρ with S/N on {normal.sum()} normals: anomaly_score {rho:+.3f}, reduced χ² {naive:+.3f}; "
+        f"on the {unseen.sum()} unseen ones {rho_unseen:+.3f}"
+    )
+    assert abs(rho) <= MAX_SNR_RHO
+
+
+def test_injected_anomalies_score_higher(
+    fitted: Fitted, injected: tuple[np.ndarray, np.ndarray, pa.Table, Release]
+) -> None:
+    flux, ivar, labels, hosts = injected
+    snr = spectrum_snr(flux, ivar, REST_GRID)
+    score = score_spectra(fitted.model, fitted.scorer, flux, ivar, labels["z"].to_numpy(), snr, REST_GRID)
+    host_score = score_spectra(fitted.model, fitted.scorer, hosts.flux, hosts.ivar, hosts.z, hosts.snr, REST_GRID)
+    classes, strengths = np.asarray(labels["class"].to_pylist()), labels["strength"].to_numpy()
+    auroc = {}
+    for cls in INJECTION_CLASSES:
+        row = {}
+        for s in (0.25, 0.5, 1.0):
+            mine = score["anomaly_score"][(classes == cls) & (strengths == s)]
+            labels_ = np.r_[np.ones(mine.size, bool), np.zeros(len(hosts.z), bool)]
+            row[s] = detection_metrics(labels_, np.r_[mine, host_score["anomaly_score"]])["auroc"]
+        auroc[cls] = row
+        print(f"\n{cls:22s} AUROC " + " ".join(f"s={s:g}: {a:.3f}" for s, a in row.items()), end="")
+    print()
+    assert all(row[1.0] >= OBVIOUS_AUROC for row in auroc.values()), auroc
+
+
+def _civ_trough(flux: np.ndarray, ivar: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A 90 % deep trough over 1505–1540 Å (≈ 2000–8500 km/s outflow of C IV)."""
+    transmission = np.ones_like(flux)
+    transmission[:, pixels(REST_GRID, 1505.0, 1540.0)] = 0.1
+    return scale_signal(flux.astype(np.float64), ivar.astype(np.float64), transmission, rng)
+
+
+def test_explanations_on_constructed_cases(release: Release, fitted: Fitted) -> None:
+    civ = pixels(REST_GRID, 1450.0, 1700.0)
+    covered = (release.ivar[:, civ] > 0).all(axis=1) & release.normal
+    hosts = release.take(np.flatnonzero(covered)[np.argsort(-release.snr[covered])[:5]])
+    rng = np.random.default_rng(1)
+    flux, ivar = _civ_trough(hosts.flux, hosts.ivar, rng)
+    out = score_spectra(fitted.model, fitted.scorer, flux, ivar, hosts.z, hosts.snr, REST_GRID)
+    print(f"\nC IV trough: top_region {out['top_region'].tolist()}, share {np.round(out['top_region_share'], 2)}")
+    assert (out["top_region"] == "civ").all()
+
+    arms = arm_index(REST_GRID, release.z)
+    all_arms = np.stack([((arms == k) & (release.ivar > 0)).sum(axis=1) > 200 for k in range(3)]).all(axis=0)
+    hosts = release.take(np.flatnonzero(all_arms & release.normal)[:5])
+    jump = np.where(arm_index(REST_GRID, hosts.z) == 1, 1.5, 1.0)
+    out = score_spectra(
+        fitted.model, fitted.scorer, hosts.flux * jump, hosts.ivar / jump**2, hosts.z, hosts.snr, REST_GRID
+    )
+    print(f"R-arm ×1.5: worst_arm {out['worst_arm'].tolist()}")
+    assert (out["worst_arm"] == "r").all()
+
+
+def test_scorer_round_trips(release: Release, fitted: Fitted, tmp_path: Path) -> None:
+    rows = slice(0, 200)
+    args = (release.flux[rows], release.ivar[rows], release.z[rows], release.snr[rows], REST_GRID)
+    targetid = release.targetid[rows]
+    expected = score_spectra(fitted.model, fitted.scorer, *args, targetid=targetid, batch_size=64)
+    from_json = Scorer.from_dict(json.loads(json.dumps(fitted.scorer.to_dict())))
+    from_file = Scorer.load(fitted.scorer.save(tmp_path / "scorer.json"))
+    for scorer in (from_json, from_file):
+        again = score_spectra(fitted.model, scorer, *args, targetid=targetid, batch_size=64)
+        for key in ("anomaly_score", "p_value", "latent_nll", "top_region", "worst_arm"):
+            np.testing.assert_array_equal(again[key], expected[key], err_msg=key)
+
+
+def test_baselines_are_finite_and_find_obvious_injections(
+    release: Release, injected: tuple[np.ndarray, np.ndarray, pa.Table, Release]
+) -> None:
+    fit_args = (release.flux, release.ivar, release.snr, release.targetid)
+    pca = PcaBaseline(REST_GRID, n_components=6, n_iter=8).fit(*fit_args, val_fraction=MODEL_VAL_FRACTION)
+    forest = IsolationForestBaseline(pca, n_estimators=100).fit(*fit_args, val_fraction=MODEL_VAL_FRACTION)
+    flux, ivar, labels, hosts = injected
+    obvious = labels["strength"].to_numpy() == 1.0
+    both_flux, both_ivar = np.concatenate([flux[obvious], hosts.flux]), np.concatenate([ivar[obvious], hosts.ivar])
+    snr = spectrum_snr(both_flux, both_ivar, REST_GRID)
+    is_injected = np.arange(len(snr)) < obvious.sum()
+    for baseline in (pca, forest):
+        on_release = baseline.score(release.flux, release.ivar, release.snr)
+        assert on_release.dtype == np.float64 and np.isfinite(on_release).all()
+        auroc = detection_metrics(is_injected, baseline.score(both_flux, both_ivar, snr))["auroc"]
+        print(f"\n{type(baseline).__name__}: AUROC of strength-1 injections {auroc:.3f}", end="")
+        assert auroc >= BASELINE_AUROC
+
+
+def test_injections_are_physical() -> None:
+    rng = np.random.default_rng(0)
+    flux = np.tile(np.linspace(1.0, 2.0, 64), (3, 1))
+    ivar = np.full_like(flux, 4.0)
+    moved, moved_ivar = shift_spectra(flux, ivar, np.array([2.0, -3.0, 0.5]))
+    np.testing.assert_allclose(moved[0, 2:], flux[0, :-2])
+    assert (moved_ivar[0, :2] == 0).all() and (moved_ivar[1, -3:] == 0).all()
+    np.testing.assert_allclose(moved[2, 1:], 0.5 * (flux[2, :-1] + flux[2, 1:]))
+    noise = rng.standard_normal((2000, 64)) / 2.0  # σ = 0.5 ↔ ivar 4
+    dimmed, dimmed_ivar = scale_signal(10.0 + noise, np.full_like(noise, 4.0), np.full_like(noise, 0.3), rng)
+    assert abs(dimmed.std() - 0.5) < 0.02 and abs(dimmed.mean() - 3.0) < 0.02
+    np.testing.assert_array_equal(dimmed_ivar, 4.0)  # sky-limited noise does not dim with the quasar
+
+
+def test_metrics() -> None:
+    labels = np.array([True, True, False, False, False, False])
+    perfect = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.0])
+    assert detection_metrics(labels, perfect) == {"auroc": 1.0, "auprc": 1.0, "recall_top1pct": 0.5}
+    assert np.isnan(detection_metrics(np.zeros(4, bool), np.arange(4.0))["auroc"])
+    groups = np.array(["bal", "wrong_redshift", "", "", "", ""])
+    by = metrics_by(groups, labels, {"vae": perfect, "pca_chi2": -perfect})
+    assert set(by) == {"bal", "wrong_redshift"} and by["bal"]["vae"]["auroc"] == 1.0
+    assert by["bal"]["pca_chi2"]["auroc"] == 0.0
+    report = metrics_report(labels, groups, np.arange(6.0), np.full(6, 2.5), {"vae": perfect})
+    assert set(report) == {"overall", "per_class", "per_snr_bin", "per_z_bin"}
+    assert top_jaccard(perfect, perfect, 0.34) == 1.0 and top_jaccard(perfect, -perfect, 0.34) == 0.0
+    assert spearman(perfect, perfect) == pytest.approx(1.0)
