@@ -269,7 +269,7 @@ def test_production_instance_loads_with_dagster(monkeypatch, tmp_path):
         "db_name": "dagster",
         "port": 5432,
         "params": {},
-        "scheme": "postgresql",
+        "scheme": "postgresql+psycopg2",  # the driver dagster-postgres installs (SQLAlchemy 2.1 defaults to v3)
     }, "every Postgres setting must come from the DAGSTER_PG_* env vars"
     assert classes["run_coordinator_data"][0].__name__ == "QueuedRunCoordinator"
     launcher, launcher_config = classes["run_launcher_data"]
