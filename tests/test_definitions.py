@@ -78,3 +78,13 @@ def test_dagster_validates_the_workspace() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_downstream_assets_follow_their_inputs() -> None:
+    """Declarative automation: per-partition products follow eagerly, retraining waits for a weekly tick."""
+    for asset in ("normalized_spectra", "spectral_features", "anomaly_scores", "validation_report"):
+        condition = defs.resolve_assets_def(asset).automation_conditions_by_key[dg.AssetKey(asset)]
+        assert condition.get_label() == "eager", asset
+    retrain = defs.resolve_assets_def("vae_model").automation_conditions_by_key[dg.AssetKey("vae_model")]
+    assert retrain.get_label() == "on_cron(0 5 * * 0, UTC)"
+    assert defs.resolve_assets_def("raw_spectra").automation_conditions_by_key.get(dg.AssetKey("raw_spectra")) is None

@@ -53,6 +53,7 @@ def resolve_model(
     backfill_policy=SPECTRA_BACKFILL,
     retry_policy=PARTITION_RETRY,
     check_specs=check_specs("anomaly_scores", CHECKS),
+    automation_condition=dg.AutomationCondition.eager(),
     op_tags=K8S_GPU_TAGS,
     kinds={"parquet", "ray", "pytorch"},
     group_name="scores",

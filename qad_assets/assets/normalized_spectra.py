@@ -39,6 +39,7 @@ CHECKS = {
     backfill_policy=SPECTRA_BACKFILL,
     retry_policy=PARTITION_RETRY,
     check_specs=check_specs("normalized_spectra", CHECKS),
+    automation_condition=dg.AutomationCondition.eager(),
     op_tags=K8S_GPU_TAGS,
     kinds={"parquet", "ray", "torch"},
     group_name="spectra",

@@ -20,6 +20,7 @@ from resources.storage import StorageResource
     deps=[normalized_spectra],
     backfill_policy=SPECTRA_BACKFILL,
     retry_policy=PARTITION_RETRY,
+    automation_condition=dg.AutomationCondition.eager(),
     op_tags=K8S_GPU_TAGS,
     kinds={"parquet", "ray", "polars"},
     group_name="spectra",

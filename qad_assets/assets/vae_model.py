@@ -28,6 +28,10 @@ MAX_SCORER_ROWS = 200_000
 #: Validation χ² per effective pixel above which the model did not learn quasars (noise alone gives 1).
 MAX_VAL_REDUCED_CHI2 = 2.0
 
+#: Retrain at most weekly (Sunday 05:00 UTC), once the release's normalized spectra have changed: a new
+#: model per new partition would churn the registry and the scores.
+RETRAIN_WEEKLY = dg.AutomationCondition.on_cron("0 5 * * 0", cron_timezone="UTC")
+
 CHECKS: CheckTable = {
     "loss_decreased": (True, "validation loss of the best epoch is below that of the first epoch"),
     "val_reduced_chi2": (True, f"validation χ²/pixel of the best epoch ≤ {MAX_VAL_REDUCED_CHI2}"),
@@ -68,6 +72,7 @@ class VaeTrainingConfig(dg.Config):
     deps=[dg.AssetDep(normalized_spectra, partition_mapping=dg.AllPartitionMapping())],
     check_specs=check_specs("vae_model", CHECKS),
     pool="gpu",
+    automation_condition=RETRAIN_WEEKLY,
     op_tags=K8S_GPU_TAGS,
     kinds={"pytorch", "mlflow", "ray"},
     group_name="model",

@@ -58,6 +58,7 @@ CHECKS: CheckTable = {
     partitions_def=release_partitions,
     deps=[dg.AssetDep(anomaly_scores, partition_mapping=dg.AllPartitionMapping()), vae_model],
     check_specs=check_specs("validation_report", CHECKS),
+    automation_condition=dg.AutomationCondition.eager(),
     op_tags=K8S_GPU_TAGS,
     pool="gpu",
     kinds={"html", "mlflow"},
