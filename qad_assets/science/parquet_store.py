@@ -30,6 +30,7 @@ def write_table_atomic(table: pa.Table, path: Path) -> Path:
     metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     try:
         pl.from_arrow(table).write_parquet(tmp, compression=COMPRESSION, statistics=False, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; products are shared read-only
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

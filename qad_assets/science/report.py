@@ -156,6 +156,7 @@ def _write_atomic(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; products are shared read-only
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
