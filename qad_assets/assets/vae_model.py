@@ -11,6 +11,7 @@ from pydantic import Field
 from qad_assets.assets.fan_out import CheckTable, check_result, check_specs
 from qad_assets.assets.normalized_spectra import normalized_spectra
 from qad_assets.partitions import release_partitions
+from qad_assets.science.atomic_files import write_bytes_atomic
 from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask
 from qad_assets.science.scoring import fit_scorer
 from qad_assets.science.training import TrainOptions, TrainResult, train_vae, train_vae_ray
@@ -171,9 +172,7 @@ def train(config: VaeTrainingConfig, paths: list[Path], device: torch.device, ra
 
 def write_registration(folder: Path, *, version: str, run_id: str) -> None:
     """Which registered version this release's model is, for the scoring step (atomic JSON)."""
-    tmp = folder / ".registration.json.tmp"
-    tmp.write_text(json.dumps({"version": version, "mlflow_run_id": run_id}))
-    tmp.replace(folder / "registration.json")
+    write_bytes_atomic(folder / "registration.json", json.dumps({"version": version, "mlflow_run_id": run_id}).encode())
 
 
 def read_registration(folder: Path) -> dict[str, str]:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from astropy.io import fits
 from scipy.ndimage import gaussian_filter1d
 from scipy.special import expit
 
+from qad_assets.science.atomic_files import write_atomic
 from qad_assets.science.parquet_store import write_table_atomic
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -1245,10 +1245,8 @@ def _redrock_hdus(pixel: _Pixel, plan: _PixelPlan, release: str, seed: int) -> f
 
 
 def _write_fits(hdul: fits.HDUList, path: Path) -> None:
-    """Write via a temporary name and rename, so a reader never sees a partial file."""
-    tmp = path.with_name(path.name + ".tmp")
-    hdul.writeto(tmp, overwrite=True)
-    os.replace(tmp, path)
+    """Write atomically, so a reader never sees a partial file."""
+    write_atomic(path, lambda tmp: hdul.writeto(tmp, overwrite=True))
 
 
 def _truth_table(pixel: _Pixel, plan: _PixelPlan, file: str) -> pa.Table:

@@ -11,31 +11,24 @@ aborts the interpreter at exit now and then (apache/arrow#34314, pola-rs/polars#
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 
+from qad_assets.science.atomic_files import write_atomic
+
 COMPRESSION = "lz4"  # noisy float32 spectra barely compress; lz4 costs almost nothing
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> Path:
-    """Write ``table`` (and its schema metadata) to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write ``table`` (and its schema metadata) to ``path`` atomically."""
     metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    try:
-        pl.from_arrow(table).write_parquet(tmp, compression=COMPRESSION, statistics=False, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; products are shared read-only
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    frame = pl.from_arrow(table)
+    return write_atomic(
+        path, lambda tmp: frame.write_parquet(tmp, compression=COMPRESSION, statistics=False, metadata=metadata)
+    )
 
 
 def read_table(path: Path, schema: pa.Schema | None = None, columns: Sequence[str] | None = None) -> pa.Table:

@@ -19,8 +19,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from matplotlib.patches import Patch
 from scipy.stats import spearmanr
 from sklearn.metrics import auc, roc_curve
 
+from qad_assets.science.atomic_files import write_bytes_atomic
 from qad_assets.science.rest_frame import (
     EMISSION_LINES,
     LYA_FOREST_MAX,
@@ -138,30 +137,15 @@ def write_report(
     out_dir = Path(out_dir)
     top = top_candidates(scores, crossmatch)
     pngs = render_figures(scores, injections, gallery, latent_2d)
-    figures = {name: _write_atomic(out_dir / "figures" / f"{name}.png", png) for name, png in pngs.items()}
+    figures = {name: write_bytes_atomic(out_dir / "figures" / f"{name}.png", png) for name, png in pngs.items()}
     manifest = {**metrics, "figures": [f"figures/{name}.png" for name in pngs]}
-    metrics_json = _write_atomic(
+    metrics_json = write_bytes_atomic(
         out_dir / "metrics.json", (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode()
     )
     page = report_html(release, model_version, metrics, top, pngs, len(gallery), crossmatch)
-    html_path = _write_atomic(out_dir / "report.html", page.encode())
+    html_path = write_bytes_atomic(out_dir / "report.html", page.encode())
     summary = summary_markdown(release, model_version, metrics, top)
     return ReportFiles(html=html_path, metrics_json=metrics_json, figures=figures, summary_markdown=summary)
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write through a temporary file in the same folder and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; products are shared read-only
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 # --------------------------------------------------------------------------------------------------

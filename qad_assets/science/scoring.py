@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
+from qad_assets.science.atomic_files import write_bytes_atomic
 from qad_assets.science.rest_frame import (
     NORM_MIN_WAVE,
     REGION_CIII,
@@ -303,11 +303,7 @@ class Scorer:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON through a temporary file and a rename (readers never see half a scorer)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, path)
-        return path
+        return write_bytes_atomic(Path(path), json.dumps(self.to_dict()).encode())
 
     @classmethod
     def load(cls, path: str | Path) -> Scorer:

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from qad_assets.science.atomic_files import write_atomic
 
 #: Smallest amplitude the analytic fit may return: a template is never flipped or zeroed.
 MIN_AMPLITUDE = 1e-3
@@ -34,7 +35,6 @@ _MAX_LOG_TEMPLATE = 10.0
 
 _META_FILE = "model.json"
 _SAFETENSORS_FILE = "weights.safetensors"
-_TORCH_FILE = "weights.pt"
 _FORMAT_VERSION = 1
 
 
@@ -239,7 +239,7 @@ def check_grid(grid_info: dict[str, Any], grid: Any) -> None:
 
 
 def save_model(model: SpectrumVAE, config: VaeConfig, grid: Any, path: str | Path) -> Path:
-    """Write weights (safetensors if installed, else ``torch.save`` of the state dict) and JSON metadata.
+    """Write the weights (safetensors: tensors only, no code) and JSON metadata.
 
     ``path`` is a directory. Each file goes to a temporary name and is renamed, metadata last, so a
     reader never sees a half-written model.
@@ -254,7 +254,7 @@ def save_model(model: SpectrumVAE, config: VaeConfig, grid: Any, path: str | Pat
         "config": config.to_dict(),
         "grid": {"npix": model.npix, "sha256": grid_fingerprint(grid)},
     }
-    _replace_atomic(path / _META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    write_atomic(path / _META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return path
 
 
@@ -263,7 +263,7 @@ def load_model(
 ) -> tuple[SpectrumVAE, VaeConfig, dict[str, Any]]:
     """Load a model saved by :func:`save_model`, in eval mode; check ``grid`` against it when given.
 
-    Weights are read without unpickling code (safetensors, or ``torch.load(weights_only=True)``).
+    Weights are read without unpickling code (safetensors).
     """
     path = Path(path)
     meta = json.loads((path / _META_FILE).read_text())
@@ -278,24 +278,9 @@ def load_model(
 
 
 def _write_weights(state: dict[str, torch.Tensor], path: Path) -> str:
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        _replace_atomic(path / _TORCH_FILE, lambda tmp: torch.save(state, tmp))
-        return _TORCH_FILE
-    _replace_atomic(path / _SAFETENSORS_FILE, lambda tmp: save_file(state, str(tmp)))
+    write_atomic(path / _SAFETENSORS_FILE, lambda tmp: save_file(state, str(tmp)))
     return _SAFETENSORS_FILE
 
 
 def _read_weights(file: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file), device=str(map_location))
-    return torch.load(file, map_location=map_location, weights_only=True)
-
-
-def _replace_atomic(target: Path, write: Callable[[Path], object]) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, target)
+    return load_file(str(file), device=str(map_location))
