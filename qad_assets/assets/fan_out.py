@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 
 import dagster as dg
 import pyarrow as pa
@@ -26,14 +27,21 @@ def run_partition_steps(
     *,
     num_gpus: float = 0,
 ) -> dict[str, StepSummary]:
-    """Run one step per partition of this run on Ray; log progress as partitions finish."""
+    """Run one step per partition of this run on Ray; log progress as partitions finish.
+
+    When some partitions fail, the others are recorded as materialized (with their summary) before the
+    step fails, so a retry of the step skips them and a rerun of the failed partitions redoes only those.
+    """
     asset = context.asset_key.to_user_string()
     keys = sorted(context.partition_keys)
-    summaries: dict[str, StepSummary] = {}
+    summaries = done_in_this_run(context, keys)
+    todo = [key for key in keys if key not in summaries]
+    if summaries:
+        progress.info("%s: %d partitions already done by an earlier attempt of this run", asset, len(summaries))
     failures: dict[str, BaseException] = {}
-    done = 0
-    for index, outcome in ray.imap_unordered(_call, [step_for_key(key) for key in keys], num_gpus=num_gpus):
-        key = keys[index]
+    done = sum(s.kept for s in summaries.values())
+    for index, outcome in ray.imap_unordered(_call, [step_for_key(key) for key in todo], num_gpus=num_gpus):
+        key = todo[index]
         if isinstance(outcome, BaseException):
             failures[key] = outcome
             progress.error("%s %s failed: %s", asset, key, outcome)
@@ -53,9 +61,41 @@ def run_partition_steps(
             done,
         )
     if failures:
+        for key in todo:
+            if key in summaries:
+                context.log_event(
+                    dg.AssetMaterialization(
+                        context.asset_key,
+                        partition=key,
+                        metadata={SUMMARY_KEY: dg.MetadataValue.json(asdict(summaries[key]))},
+                    )
+                )
         lines = "\n".join(f"{key}: {type(err).__name__}: {err}" for key, err in sorted(failures.items()))
         raise PartitionStepsFailed(f"{len(failures)} of {len(keys)} partitions failed:\n{lines}")
     return dict(sorted(summaries.items()))
+
+
+#: Metadata key of the per-partition summary recorded when a run's other partitions failed.
+SUMMARY_KEY = "step_summary"
+
+
+def done_in_this_run(context: dg.AssetExecutionContext, keys: list[str]) -> dict[str, StepSummary]:
+    """Partitions an earlier attempt of this same run already materialized (a step retry), with their
+    summaries: they are not redone.
+    """
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=keys), limit=len(keys)
+    ).records
+    done = {}
+    for record in records:
+        materialization = record.asset_materialization
+        if (
+            record.run_id == context.run.run_id
+            and materialization is not None
+            and SUMMARY_KEY in materialization.metadata
+        ):
+            done[materialization.partition] = StepSummary(**materialization.metadata[SUMMARY_KEY].value)
+    return done
 
 
 def _call(step: Callable[[], StepSummary]) -> StepSummary:

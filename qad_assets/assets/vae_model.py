@@ -108,7 +108,7 @@ def vae_model(
         val_fraction=config.train_options().val_fraction,
         grid=REST_GRID,
     ).save(model_dir / "scorer.json")
-    tags = {"release": release, "dagster_run_id": context.run_id, "code_version": "1", "device": str(device)}
+    tags = {"release": release, "dagster_run_id": context.run.run_id, "code_version": "1", "device": str(device)}
     params = {**result.config.to_dict(), **vars(config.train_options()), "partitions": len(paths)}
     run_id, version = mlflow.log_model_version(
         model_dir, npix=REST_GRID.npix, params=params, history=result.history, tags=tags
