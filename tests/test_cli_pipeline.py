@@ -118,4 +118,4 @@ def test_scores_are_ranked_across_the_release_and_the_report_is_written(demo) ->
     registered = json.loads((storage / "vae_model" / "demo" / "registration.json").read_text())["version"]
     assert {v for t in scores for v in t.column("model_version").to_pylist()} == {registered}
     html = (storage / "validation_report" / "demo" / "report.html").read_text()
-    assert "pca_chi2" in html and "data:image/png;base64," in html
+    assert all(label in html for label in ("VAE", "PCA χ²", "Isolation forest")) and "data:image/png;base64," in html
