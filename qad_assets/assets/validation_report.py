@@ -3,8 +3,6 @@
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
-import pyarrow as pa
 from pydantic import Field
 
 from qad_assets.assets.anomaly_scores import anomaly_scores
@@ -13,25 +11,15 @@ from qad_assets.assets.vae_model import VaeTrainingConfig, read_registration, va
 from qad_assets.partitions import release_partitions
 from qad_assets.science.parquet_store import read_table
 from qad_assets.science.report import write_report
-from qad_assets.science.rest_frame import REST_GRID, spectra_to_numpy
+from qad_assets.science.rest_frame import REST_GRID
 from qad_assets.science.scoring import Scorer
 from qad_assets.science.vae import load_model
 from qad_assets.science.validation import (
-    add_positions,
-    crossmatch,
-    fit_baselines,
-    gallery,
-    injection_recovery,
     json_safe,
-    latent_map,
     load_release_spectra,
-    method_scores,
-    normal_hosts,
     read_catalogue,
     release_scores,
-    retrained_scores,
-    seed_stability,
-    truth_metrics,
+    validate_release,
 )
 from resources.archive import ArchiveResource
 from resources.k8s import K8S_GPU_TAGS
@@ -91,42 +79,22 @@ def validation_report(
         sorted(storage.asset_dir("normalized_spectra", release).glob("*.parquet")), max_rows=config.max_rows
     )
     scores = release_scores(sorted(storage.asset_dir("anomaly_scores", release).glob("*.parquet")), spectra.targetid)
-    baselines = fit_baselines(spectra, val_fraction)
-    hosts = spectra.take(normal_hosts(spectra, scores["p_value"].to_numpy(), val_fraction))
-    injection, injections, rho = injection_recovery(
-        model, scorer, baselines, hosts, per_class=config.injections_per_class, seed=0
-    )
-    metrics: dict = {
-        "release": release,
-        "model_version": version,
-        "n_scored": len(spectra.z),
-        "n_heldout_normal": len(hosts.z),
-        "injection": injection,
-        "snr_spearman_normals": rho,
-    }
-    all_scores = method_scores(model, scorer, baselines, spectra, targetid=spectra.targetid)
     truth_file = Path(archive.root) / f"truth-{release}.parquet"
-    if truth_file.exists():
-        metrics["truth"] = truth_metrics(
-            read_table(truth_file, columns=["TARGETID", "anomaly_class"]), spectra, all_scores
-        )
-    if config.stability_seed >= 0:
-        other = VaeTrainingConfig(seed=config.stability_seed)
-        retrained = retrained_scores(spectra, other.vae_config(), other.train_options())
-        metrics["seed_stability"] = seed_stability(all_scores["vae"], retrained)
-    top = scores.sort_by([("rank", "ascending")]).slice(0, 100)
-    matched = None
-    if config.crossmatch_catalog:
-        matched = crossmatch(with_positions(storage, release, top), read_catalogue(config.crossmatch_catalog))
-        known = int(np.sum(matched["known"].to_numpy(zero_copy_only=False)))
-        metrics["crossmatch"] = {
-            "catalog": config.crossmatch_catalog,
-            "n_top": matched.num_rows,
-            "n_known": known,
-            "n_new": matched.num_rows - known,
-        }
-    vae_auroc = injection["overall"]["vae"]["auroc"]
-    pca_auroc = injection["overall"]["pca_chi2"]["auroc"]
+    retrain = VaeTrainingConfig(seed=config.stability_seed)
+    result = validate_release(
+        model,
+        scorer,
+        spectra,
+        scores,
+        val_fraction=val_fraction,
+        per_class=config.injections_per_class,
+        gallery_size=config.gallery_size,
+        truth=read_table(truth_file, columns=["TARGETID", "anomaly_class"]) if truth_file.exists() else None,
+        retrain=(retrain.vae_config(), retrain.train_options()) if config.stability_seed >= 0 else None,
+        catalogue=read_catalogue(config.crossmatch_catalog) if config.crossmatch_catalog else None,
+        raw_files=sorted(storage.asset_dir("raw_spectra", release).glob("*.parquet")),
+    )
+    vae_auroc, pca_auroc = result.overall_auroc("vae"), result.overall_auroc("pca_chi2")
     checks = {
         "injection_auroc_floor": (
             vae_auroc >= config.auroc_floor,
@@ -134,6 +102,9 @@ def validation_report(
         ),
         "not_worse_than_pca": (vae_auroc >= pca_auroc, f"VAE AUROC {vae_auroc:.3f} vs PCA {pca_auroc:.3f}"),
     }
+    metrics = {"release": release, "model_version": version, **result.metrics}
+    if config.crossmatch_catalog:
+        metrics["crossmatch"]["catalog"] = config.crossmatch_catalog
     metrics["checks"] = {name: {"passed": bool(ok), "detail": detail} for name, (ok, detail) in checks.items()}
     files = write_report(
         storage.asset_dir("validation_report", release),
@@ -141,16 +112,10 @@ def validation_report(
         model_version=version,
         metrics=json_safe(metrics),
         scores=scores,
-        injections=injections,
-        gallery=gallery(
-            model,
-            spectra,
-            scores["anomaly_score"].to_numpy(),
-            scores["top_region"].to_numpy(zero_copy_only=False),
-            config.gallery_size,
-        ),
-        latent_2d=latent_map(spectra_to_numpy(scores["latent"])),
-        crossmatch=matched,
+        injections=result.injections,
+        gallery=result.gallery,
+        latent_2d=result.latent_2d,
+        crossmatch=result.crossmatch,
     )
     promoted = all(ok for ok, _ in checks.values())
     if promoted:
@@ -162,7 +127,7 @@ def validation_report(
             "summary": dg.MetadataValue.md(files.summary_markdown),
             "overall_auroc": float(vae_auroc),
             "pca_auroc": float(pca_auroc),
-            "snr_spearman_vae": float(rho["vae"]),
+            "snr_spearman_vae": float(metrics["snr_spearman_normals"]["vae"]),
             "promoted_to_champion": promoted,
             "model_version": version,
             **{f"figure_{name}": dg.MetadataValue.path(str(path)) for name, path in files.figures.items()},
@@ -172,8 +137,3 @@ def validation_report(
             for name, (ok, detail) in checks.items()
         ],
     )
-
-
-def with_positions(storage: StorageResource, release: str, top: pa.Table) -> pa.Table:
-    """Add TARGET_RA/TARGET_DEC from raw_spectra to the top candidates (for a positional cross-match)."""
-    return add_positions(top, sorted(storage.asset_dir("raw_spectra", release).glob("*.parquet")))
