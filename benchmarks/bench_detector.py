@@ -99,8 +99,9 @@ def fit_and_score(model: SpectrumVAE, release: Release, val_fraction: float) -> 
         model, release.flux, release.ivar, release.snr, release.targetid, val_fraction=val_fraction, grid=REST_GRID
     )
     start = time.perf_counter()
+    in_training = scorer.training_rows(release.targetid)
     out = score_spectra(
-        model, scorer, release.flux, release.ivar, release.z, release.snr, REST_GRID, targetid=release.targetid
+        model, scorer, release.flux, release.ivar, release.z, release.snr, REST_GRID, in_training=in_training
     )
     return scorer, out["anomaly_score"], len(release.z) / (time.perf_counter() - start)
 

@@ -288,6 +288,31 @@ def cmd_ui(args: argparse.Namespace) -> None:
     os.execve(sys.executable, command, env)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from qad_assets.service.app import ServiceSettings, start
+
+    storage = storage_root(args.storage)
+    settings = ServiceSettings(
+        storage_root=str(storage),
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
+        device=os.environ.get("QAD_DEVICE") or "auto",
+        shadow_fraction=args.shadow_fraction,
+        poll_seconds=args.poll_seconds,
+        max_json_bytes=int(args.max_json_mb * 2**20),
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        qso_catalog=os.environ.get("QAD_QSO_CATALOG") or None,
+    )
+    print(f"scoring service on http://{args.host}:{args.port} (API: /docs); Ctrl-C stops it", file=sys.stderr)
+    start(
+        settings,
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        ray_address=os.environ.get("RAY_ADDRESS") or None,
+        blocking=True,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qad", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -328,6 +353,30 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     ui.add_argument("--port", type=int, default=3000, help="port (default: 3000)")
     ui.set_defaults(func=cmd_ui)
+
+    serve = with_storage(
+        commands.add_parser("serve", help="score spectra over HTTP with the registry's champion (Ray Serve)")
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--replicas", type=int, default=1, help="scoring replicas (default: 1)")
+    serve.add_argument(
+        "--shadow-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of requests also scored by the challenger, both logged (default: 0)",
+    )
+    serve.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how often to check the registry aliases; 0: only on POST /reload (default: 30)",
+    )
+    serve.add_argument("--max-json-mb", type=float, default=64.0, help="largest JSON body in MiB (default: 64)")
+    serve.add_argument("--max-upload-mb", type=float, default=512.0, help="largest coadd upload in MiB (default: 512)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -9,6 +9,7 @@ import dagster as dg
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
@@ -91,9 +92,25 @@ class MlflowResource(dg.ConfigurableResource):
             return reference
         return str(self.client().get_model_version_by_alias(self.registered_model, reference).version)
 
+    def alias_version(self, alias: str) -> str | None:
+        """The version ``alias`` points at, None when the alias is not set (or the model not registered)."""
+        try:
+            aliases = self.client().get_registered_model(self.registered_model).aliases
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return str(aliases[alias]) if alias in aliases else None
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        """Tags of a registered version (``release``: what it was trained on, ``dagster_run_id``, ...)."""
+        return dict(self.client().get_model_version(self.registered_model, version).tags)
+
     def download_model_dir(self, reference: str, dst: Path) -> Path:
         """The model's weights directory for an alias or version, copied locally; nothing is unpickled."""
         version = self.version_for(reference)
+        mlflow.set_tracking_uri(self.uri())  # a models:/ URI resolves through the global registry URI
+        mlflow.set_registry_uri(self.uri())
         root = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{self.registered_model}/{version}",
             dst_path=str(dst),

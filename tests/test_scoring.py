@@ -102,7 +102,7 @@ def fitted(release: Release) -> Fitted:
         model, seen.flux, seen.ivar, seen.snr, seen.targetid, val_fraction=SCORER_VAL_FRACTION, grid=REST_GRID
     )
     args = (release.flux, release.ivar, release.z, release.snr, REST_GRID)
-    scores = score_spectra(model, scorer, *args, targetid=np.where(test_band, -1, release.targetid))
+    scores = score_spectra(model, scorer, *args, in_training=scorer.training_rows(release.targetid) & ~test_band)
     unseen = score_spectra(model, scorer, *args)
     for key, value in scores.items():
         value[test_band] = unseen[key][test_band]
@@ -216,12 +216,12 @@ def test_explanations_on_constructed_cases(release: Release, fitted: Fitted) -> 
 def test_scorer_round_trips(release: Release, fitted: Fitted, tmp_path: Path) -> None:
     rows = slice(0, 200)
     args = (release.flux[rows], release.ivar[rows], release.z[rows], release.snr[rows], REST_GRID)
-    targetid = release.targetid[rows]
-    expected = score_spectra(fitted.model, fitted.scorer, *args, targetid=targetid, batch_size=64)
+    in_training = fitted.scorer.training_rows(release.targetid[rows])
+    expected = score_spectra(fitted.model, fitted.scorer, *args, in_training=in_training, batch_size=64)
     from_json = Scorer.from_dict(json.loads(json.dumps(fitted.scorer.to_dict())))
     from_file = Scorer.load(fitted.scorer.save(tmp_path / "scorer.json"))
     for scorer in (from_json, from_file):
-        again = score_spectra(fitted.model, scorer, *args, targetid=targetid, batch_size=64)
+        again = score_spectra(fitted.model, scorer, *args, in_training=in_training, batch_size=64)
         for key in ("anomaly_score", "p_value", "latent_nll", "top_region", "worst_arm"):
             np.testing.assert_array_equal(again[key], expected[key], err_msg=key)
 

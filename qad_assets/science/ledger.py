@@ -40,6 +40,20 @@ QUARANTINE_CODES = frozenset(
     }
 )
 
+# Quarantine codes that condemn a whole file: every row of the file gets the same reason.
+FILE_CODES = frozenset(
+    {
+        "corrupt_fits",
+        "missing_hdu",
+        "missing_column",
+        "shape_mismatch",
+        "bad_wavelength",
+        "bad_redrock",
+        "missing_redrock",
+        "redrock_mismatch",
+    }
+)
+
 LEDGER_SCHEMA = pa.schema(
     [
         pa.field("file", pa.string()),
@@ -101,6 +115,15 @@ def file_failure(file: str, why: str, targetids: np.ndarray | None = None) -> pa
     if targetids is None:
         return ledger_table(file, [-1], None, [why])
     return ledger_table(file, np.arange(len(targetids)), targetids, [why] * len(targetids))
+
+
+def file_failure_reason(ledger: pa.Table) -> str | None:
+    """The reason when a file failed as a whole (one file-level reason on every row), else None."""
+    reasons = set(ledger.column("reason").to_pylist())
+    if len(reasons) != 1:
+        return None
+    (only,) = reasons
+    return only if reason_code(only) in FILE_CODES else None
 
 
 def counts(ledger: pa.Table) -> dict[str, int]:

@@ -27,9 +27,8 @@ from qad_assets.science.rest_frame import (
     normalized_table,
     spectra_to_numpy,
 )
-from qad_assets.science.scoring import Scorer, score_spectra, spectrum_snr
+from qad_assets.science.scoring_model import SCORE_COLUMNS, ScoringModel
 from qad_assets.science.spectral_features import Backend, spectral_features
-from qad_assets.science.vae import load_model
 
 
 @dataclass(frozen=True)
@@ -131,21 +130,6 @@ def feature_partition(normalized: Path, *, out: Path, backend: Backend = "polars
     return StepSummary(n, n, 0, 0, seconds=time.perf_counter() - start, output=str(out))
 
 
-SCORE_COLUMNS = (
-    "reduced_chi2",
-    "chi2",
-    "n_obs",
-    "kl",
-    "neg_elbo",
-    "latent_nll",
-    "anomaly_score",
-    "p_value",
-    "top_region",
-    "top_region_share",
-    "worst_arm",
-)
-
-
 def score_partition(
     normalized: Path, *, out: Path, model_dir: Path, model_version: str, trained_on_release: bool, device: str = "cpu"
 ) -> StepSummary:
@@ -154,28 +138,21 @@ def score_partition(
     ``rank`` is written as null here and filled release-wide by :func:`rank_release`.
     """
     start = time.perf_counter()
-    model, _, _ = load_model(model_dir, grid=REST_GRID, map_location=device)
-    scorer = Scorer.load(model_dir / "scorer.json")
+    model = ScoringModel.load(model_dir, version=model_version, device=device)
     table = read_table(normalized, NORMALIZED_SCHEMA, columns=["TARGETID", "Z", "flux", "ivar"])
-    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
     targetid, z = table["TARGETID"].to_numpy(), table["Z"].to_numpy()
-    snr = spectrum_snr(flux, ivar, REST_GRID)
-    scores = score_spectra(
-        model,
-        scorer,
-        flux,
-        ivar,
+    scores = model.score(
+        spectra_to_numpy(table["flux"]),
+        spectra_to_numpy(table["ivar"]),
         z,
-        snr,
-        REST_GRID,
-        targetid=targetid if trained_on_release else None,
-        device=device,
+        targetid=targetid,
+        from_training_release=trained_on_release,
     )
     latent = scores["latent_mean"].astype(np.float32)
     columns = {
         "TARGETID": pa.array(targetid, pa.int64()),
         "Z": pa.array(z),
-        "snr": pa.array(snr),
+        "snr": pa.array(scores["snr"]),
         **{name: pa.array(scores[name]) for name in SCORE_COLUMNS},
         "anomaly_score": pa.array(scores["anomaly_score"], pa.float64()),
         "latent": pa.FixedSizeListArray.from_arrays(pa.array(latent.ravel()), latent.shape[1]),

@@ -379,6 +379,19 @@ class NormalizedBatch:
     good_fraction: np.ndarray  # (N,) float32, fraction of the observed pixels that were good
     low_coverage: np.ndarray  # (N,) bool, fewer than MIN_GOOD_REST_PIXELS good rest pixels
 
+    @classmethod
+    def empty(cls, n: int, npix: int) -> NormalizedBatch:
+        """Uninitialised arrays for ``n`` spectra, to be filled a slice at a time."""
+        return cls(
+            flux=np.empty((n, npix), np.float32),
+            ivar=np.empty((n, npix), np.float32),
+            scale=np.empty(n),
+            coverage_min=np.empty(n, np.float32),
+            coverage_max=np.empty(n, np.float32),
+            good_fraction=np.empty(n, np.float32),
+            low_coverage=np.empty(n, bool),
+        )
+
 
 #: Spectra per step of :func:`normalize_batch` on a CPU: work arrays stay cache-sized and reuse memory.
 CPU_BATCH_ROWS = 256
@@ -396,15 +409,7 @@ def normalize_batch(
 ) -> NormalizedBatch:
     """Observed ``brz`` spectra → rest frame → normalized, plus per-spectrum coverage figures."""
     n = len(z)
-    batch = NormalizedBatch(
-        flux=np.empty((n, grid.npix), np.float32),
-        ivar=np.empty((n, grid.npix), np.float32),
-        scale=np.empty(n),
-        coverage_min=np.empty(n, np.float32),
-        coverage_max=np.empty(n, np.float32),
-        good_fraction=np.empty(n, np.float32),
-        low_coverage=np.empty(n, bool),
-    )
+    batch = NormalizedBatch.empty(n, grid.npix)
     on_cpu = device is None or torch.device(device).type == "cpu"
     step = CPU_BATCH_ROWS if on_cpu else max(n, 1)
     for lo in range(0, n, step):

@@ -271,6 +271,10 @@ class Scorer:
         z = {name: np.where(in_training, z_train[name], z[name]) for name in z}
         return z, np.where(in_training, score_train, score)
 
+    def training_rows(self, targetid: np.ndarray) -> np.ndarray:
+        """Which of these TARGETIDs fall in the training split (if they are from the training release)."""
+        return select_rows(np.asarray(targetid, np.int64), "train", self.val_fraction)
+
     def p_value(self, score: np.ndarray) -> np.ndarray:
         """``(1 + #reference ≥ score) / (1 + n)``, in (0, 1]; NaN for a NaN score."""
         score = np.asarray(score, np.float64)
@@ -498,15 +502,16 @@ def score_spectra(
     snr: np.ndarray,
     grid: RestFrameGrid,
     *,
-    targetid: np.ndarray | None = None,
+    in_training: np.ndarray | None = None,
     device: torch.device | str | None = None,
     batch_size: int = 2048,
 ) -> dict[str, np.ndarray]:
     """Scores and explanations of every spectrum, in batches of ``batch_size`` (vectorised within).
 
-    Pass ``targetid`` when scoring the release the model was trained on: rows of the training split
-    are then standardised against training spectra (:class:`Scorer`). Without it every row is
-    treated as unseen, which is right for spectra from elsewhere.
+    ``in_training`` (bool per row) marks the spectra the model was trained on (for the release it was
+    trained on: :meth:`Scorer.training_rows`); those are standardised against training spectra
+    (:class:`Scorer`). Without it every row is treated as unseen, which is right for spectra from
+    elsewhere.
 
     Returns (N,) arrays: ``reduced_chi2``, ``chi2``, ``n_obs``, ``kl``, ``neg_elbo`` (χ²/2 + KL),
     ``latent_nll``, ``z_<component>`` (each standardised component), ``anomaly_score`` (float64,
@@ -519,11 +524,7 @@ def score_spectra(
         raise ValueError("the scorer was fitted on another rest-frame grid than the data's")
     if len(flux) == 0:
         raise ValueError("no spectra to score")
-    in_training = (
-        np.zeros(len(flux), bool)
-        if targetid is None
-        else select_rows(np.asarray(targetid, np.int64), "train", scorer.val_fraction)
-    )
+    in_training = np.zeros(len(flux), bool) if in_training is None else np.asarray(in_training, bool)
     parts = [
         _score_batch(
             model, scorer, flux[s], ivar[s], np.asarray(z)[s], np.asarray(snr)[s], in_training[s], grid, device

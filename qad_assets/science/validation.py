@@ -80,7 +80,10 @@ def method_scores(
 ) -> dict[str, np.ndarray]:
     """Every method's anomaly score (higher = more anomalous) for the same spectra."""
     pca, forest = baselines
-    vae = score_spectra(model, scorer, spectra.flux, spectra.ivar, spectra.z, spectra.snr, REST_GRID, targetid=targetid)
+    in_training = None if targetid is None else scorer.training_rows(targetid)
+    vae = score_spectra(
+        model, scorer, spectra.flux, spectra.ivar, spectra.z, spectra.snr, REST_GRID, in_training=in_training
+    )
     return {
         "vae": vae["anomaly_score"],
         "pca_chi2": pca.score(spectra.flux, spectra.ivar, spectra.snr),
@@ -231,8 +234,9 @@ def retrained_scores(spectra: ReleaseSpectra, config: VaeConfig, options: TrainO
         val_fraction=options.val_fraction,
         grid=REST_GRID,
     )
+    in_training = scorer.training_rows(spectra.targetid)
     return score_spectra(
-        result.model, scorer, spectra.flux, spectra.ivar, spectra.z, spectra.snr, REST_GRID, targetid=spectra.targetid
+        result.model, scorer, spectra.flux, spectra.ivar, spectra.z, spectra.snr, REST_GRID, in_training=in_training
     )["anomaly_score"]
 
 

@@ -1,0 +1,346 @@
+"""``qad serve``: score spectra over HTTP with the registry's ``champion``, as a Ray Serve application.
+
+A request is parsed and moved to the rest frame in its own thread, then queued for the model:
+``serve.batch`` merges the queued requests into one forward pass of up to ``MAX_BATCH_SPECTRA``
+spectra, on the GPU when there is one. A ``shadow_fraction`` of requests is scored again by the
+``challenger`` after the response has gone (both scores logged, the caller sees the champion's).
+Aliases are followed by polling the registry every ``poll_seconds`` and on ``POST /reload``.
+API reference: ``docs/serving.md`` and ``/docs`` on a running service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import ray
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field
+from ray import serve
+from starlette.datastructures import UploadFile
+
+from qad_assets.science.desi_io import BRZ_WAVE
+from qad_assets.science.observed_spectra import normalize_observed, observed_spectrum
+from qad_assets.service.inputs import RestFrameSpectra, response_rows, spectra_from_coadd, spectra_from_json
+from qad_assets.service.registry import LoadedModel, RegistryModels
+from qad_assets.service.schema import ErrorResponse, ScoreRequest, ScoreResponse
+from qad_assets.service.shadow import ShadowLog
+from resources.gpu import GpuResource
+from resources.mlflow import CHALLENGER, CHAMPION, MlflowResource
+
+log = logging.getLogger("qad.service")
+
+#: Spectra per forward pass. The batcher fills a pass from queued requests for up to BATCH_WAIT_S.
+MAX_BATCH_SPECTRA = 256
+BATCH_WAIT_S = 0.005
+#: Requests one replica holds at once (in flight + queued for a batch).
+MAX_ONGOING_REQUESTS = 256
+
+
+class ServiceSettings(BaseModel):
+    """Where the registry is and how the service behaves (``qad serve`` options and environment)."""
+
+    storage_root: str = Field(description="storage root: default MLflow store and the shadow log")
+    tracking_uri: str = Field(default="", description="MLflow tracking/registry URI; empty: SQLite under storage")
+    registered_model: str = "qad-vae"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="requests also scored by challenger")
+    poll_seconds: float = Field(default=30.0, ge=0.0, description="registry alias polling period; 0: only /reload")
+    max_json_bytes: int = Field(default=64 * 2**20, gt=0, description="largest JSON body (≈ 200 DESI spectra)")
+    max_upload_bytes: int = Field(default=512 * 2**20, gt=0, description="largest upload (DR1 coadds are ≤ ~300 MB)")
+    max_spectra: int = Field(default=4096, gt=0, description="most spectra in one JSON request")
+    qso_catalog: str | None = Field(default=None, description="QSO catalogue giving z to uploads without redrock")
+    seed: int = Field(default=0, description="seed of the shadow sampling")
+
+    def mlflow(self) -> MlflowResource:
+        return MlflowResource(
+            storage_root=self.storage_root, tracking_uri=self.tracking_uri, registered_model=self.registered_model
+        )
+
+    def shadow_folder(self) -> Path:
+        return Path(self.storage_root) / "serving" / "shadow"
+
+
+DESCRIPTION = """Scores DESI quasar spectra with the VAE registered as `champion`, exactly as the nightly
+`anomaly_scores` asset scores them. `POST /score` takes JSON spectra or a multipart upload of a DESI coadd
+(`coadd`, `redrock` files; optional `release` field)."""
+
+
+class ScoringApi(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's schema plus ``ScoreRequest``, which ``/score`` parses itself (it takes JSON or a file)."""
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            request = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request.pop("$defs", {}))
+            components["ScoreRequest"] = request
+        return self.openapi_schema
+
+
+app = ScoringApi(title="desi-qad scoring service", version="1", description=DESCRIPTION)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why}
+    for code, why in {
+        400: "body is not valid JSON",
+        413: "body larger than max_json_bytes / max_upload_bytes, or more spectra than max_spectra",
+        415: "neither application/json nor multipart/form-data",
+        422: "a spectrum or file that cannot be scored, and why",
+        503: "no champion model in the registry yet",
+    }.items()
+}
+
+
+def _spectra_in(items: list[RestFrameSpectra]) -> int:
+    """The batcher's size of a batch: spectra, not requests."""
+    return sum(len(item) for item in items)
+
+
+_UPLOAD_SCHEMA = {
+    "type": "object",
+    "required": ["coadd"],
+    "properties": {
+        "coadd": {"type": "string", "format": "binary", "description": "DESI coadd FITS file"},
+        "redrock": {"type": "string", "format": "binary", "description": "its redrock FITS file (redshifts)"},
+        "release": {"type": "string", "description": "DESI release of the file (as ScoreRequest.release)"},
+    },
+}
+
+
+def score_together(model: LoadedModel, items: list[RestFrameSpectra]) -> list[tuple[LoadedModel, dict]]:
+    """One forward pass for the spectra of several requests; each gets its own rows back. Spectra with a
+    TARGETID from the model's training release are scored as the batch scores that release.
+    """
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(item, name) for item in items])
+
+    release = model.scoring.training_release
+    seen = np.concatenate(
+        [item.has_targetid & (item.release is not None and item.release == release) for item in items]
+    )
+    scores = model.scoring.score(
+        cat("flux"), cat("ivar"), cat("z"), targetid=cat("targetid"), from_training_release=seen
+    )
+    out, start = [], 0
+    for item in items:
+        rows = slice(start, start + len(item))
+        out.append((model, {key: value[rows] for key, value in scores.items()}))
+        start += len(item)
+    return out
+
+
+@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
+@serve.ingress(app)
+class ScoringService:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.device = str(GpuResource(device=settings.device).torch_device())
+        aliases = (CHAMPION, CHALLENGER) if settings.shadow_fraction > 0 else (CHAMPION,)
+        self.models = RegistryModels(settings.mlflow(), aliases=aliases, device=self.device)
+        self.models.refresh()
+        self._warm_up()
+        self.shadow = ShadowLog(settings.shadow_folder())
+        self._sample = random.Random(settings.seed)
+        self._background: set[asyncio.Task] = set()
+        if settings.poll_seconds > 0:
+            threading.Thread(target=self._poll_registry, name="registry-poll", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Compile the resampling kernel and touch the model now, not in the first request."""
+        flat = np.ones(BRZ_WAVE.size)
+        rest = normalize_observed([observed_spectrum(0, BRZ_WAVE, flat, flat, 2.0)])
+        if (champion := self.models.get(CHAMPION)) is not None:
+            champion.scoring.score(rest.flux, rest.ivar, np.asarray([2.0]))
+
+    def _poll_registry(self) -> None:
+        while True:
+            time.sleep(self.settings.poll_seconds)
+            try:
+                self.models.refresh()
+            except Exception:  # a registry hiccup must not stop polling; the next poll retries
+                log.exception("registry poll failed")
+
+    @app.get("/health", responses=_ERRORS)
+    def health(self) -> dict[str, str]:
+        """200 when a champion is loaded and requests can be scored, else 503."""
+        champion = self._model(CHAMPION)
+        return {"status": "ok", "champion_version": champion.version}
+
+    @app.get("/model")
+    def model(self) -> dict[str, Any]:
+        """The versions loaded per alias, the device, and what shadow scoring has compared so far."""
+        return {
+            "champion": (m.describe() if (m := self.models.get(CHAMPION)) else None),
+            "challenger": (m.describe() if (m := self.models.get(CHALLENGER)) else None),
+            "shadow_fraction": self.settings.shadow_fraction,
+            "shadow": self.shadow.summary(),
+            "poll_seconds": self.settings.poll_seconds,
+            "device": self.device,
+        }
+
+    @app.post("/reload")
+    def reload(self) -> dict[str, Any]:
+        """Follow the aliases now (instead of at the next poll); returns what ``GET /model`` returns."""
+        self.models.refresh()
+        return self.model()
+
+    @app.post(
+        "/score",
+        response_model=ScoreResponse,
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}},
+                    "multipart/form-data": {"schema": _UPLOAD_SCHEMA},
+                },
+            }
+        },
+    )
+    async def score(self, request: Request) -> ScoreResponse:
+        """Score JSON spectra (``ScoreRequest``) or an uploaded DESI coadd with the champion."""
+        champion = self._model(CHAMPION)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        not_scored = []
+        if kind == "application/json":
+            body = await self._read_body(request, self.settings.max_json_bytes)
+            spectra = await asyncio.to_thread(spectra_from_json, body, max_spectra=self.settings.max_spectra)
+        elif kind == "multipart/form-data":
+            body = await self._read_body(request, self.settings.max_upload_bytes)
+            spectra, not_scored = await self._spectra_from_upload(request, body)
+        else:
+            raise HTTPException(415, f"content type {kind or 'none'}: send application/json or multipart/form-data")
+        if not len(spectra):
+            return ScoreResponse(model=champion.describe(), scores=[], not_scored=not_scored)
+        pieces = spectra.split(MAX_BATCH_SPECTRA)
+        scored = await asyncio.gather(*(self._score_champion(piece) for piece in pieces))
+        self._maybe_shadow(spectra, scored)
+        rows = [
+            row
+            for piece, (model, scores) in zip(pieces, scored, strict=True)
+            for row in response_rows(piece, scores, model.name, model.version)
+        ]
+        return ScoreResponse(model=scored[0][0].describe(), scores=rows, not_scored=not_scored)
+
+    def _model(self, alias: str) -> LoadedModel:
+        loaded = self.models.get(alias)
+        if loaded is None:
+            raise HTTPException(
+                503, f"no {alias} model: alias '{alias}' of {self.settings.registered_model} is not set in the registry"
+            )
+        return loaded
+
+    async def _read_body(self, request: Request, limit: int) -> bytes:
+        """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, f"body of {int(declared)} bytes; at most {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"body larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _spectra_from_upload(self, request: Request, body: bytes) -> tuple[RestFrameSpectra, list]:
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_files=2, max_fields=2)
+        coadd, redrock, release = form.get("coadd"), form.get("redrock"), form.get("release")
+        if not isinstance(coadd, UploadFile):
+            raise HTTPException(422, "a multipart upload needs the DESI coadd as file field 'coadd'")
+        if redrock is not None and not isinstance(redrock, UploadFile):
+            raise HTTPException(422, "form field 'redrock' must be a file (the coadd's redrock FITS)")
+        return await asyncio.to_thread(
+            spectra_from_coadd,
+            await coadd.read(),
+            await redrock.read() if redrock is not None else None,
+            filename=coadd.filename or "coadd.fits",
+            release=release if isinstance(release, str) and release else None,
+            qso_catalog=self.settings.qso_catalog,
+        )
+
+    @serve.batch(max_batch_size=MAX_BATCH_SPECTRA, batch_wait_timeout_s=BATCH_WAIT_S, batch_size_fn=_spectra_in)
+    async def _score_champion(self, items: list[RestFrameSpectra]) -> list[tuple[LoadedModel, dict]]:
+        return await asyncio.to_thread(score_together, self._model(CHAMPION), items)
+
+    @serve.batch(max_batch_size=MAX_BATCH_SPECTRA, batch_wait_timeout_s=BATCH_WAIT_S, batch_size_fn=_spectra_in)
+    async def _score_challenger(self, items: list[RestFrameSpectra]) -> list[tuple[LoadedModel, dict]]:
+        return await asyncio.to_thread(score_together, self._model(CHALLENGER), items)
+
+    def _maybe_shadow(self, spectra: RestFrameSpectra, champion: list[tuple[LoadedModel, dict]]) -> None:
+        """With probability ``shadow_fraction``, score the request with the challenger in the background."""
+        if self.models.get(CHALLENGER) is None or self._sample.random() >= self.settings.shadow_fraction:
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(spectra, champion))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow(self, spectra: RestFrameSpectra, champion: list[tuple[LoadedModel, dict]]) -> None:
+        pieces = spectra.split(MAX_BATCH_SPECTRA)
+        try:
+            challenger = await asyncio.gather(*(self._score_challenger(p) for p in pieces))
+        except Exception:
+            log.exception("shadow scoring failed")
+            return
+        request_id = uuid.uuid4().hex
+        for piece, (ours_model, ours), (theirs_model, theirs) in zip(pieces, champion, challenger, strict=True):
+            targetid = [int(t) if h else None for t, h in zip(piece.targetid, piece.has_targetid, strict=True)]
+            path = await asyncio.to_thread(
+                self.shadow.record, request_id, targetid, (ours_model.version, ours), (theirs_model.version, theirs)
+            )
+        log.info(
+            "shadow %s: %d spectra, champion v%s / challenger v%s → %s",
+            request_id,
+            len(spectra),
+            champion[0][0].version,
+            challenger[0][0].version,
+            path,
+        )
+
+
+def build_app(settings: ServiceSettings, *, num_gpus: float | None = None, replicas: int = 1) -> serve.Application:
+    """The application to ``serve.run``: one GPU per replica when the device is CUDA (or ``num_gpus``)."""
+    if num_gpus is None:
+        num_gpus = 1.0 if GpuResource(device=settings.device).torch_device().type == "cuda" else 0.0
+    deployment = ScoringService.options(num_replicas=replicas, ray_actor_options={"num_cpus": 1, "num_gpus": num_gpus})
+    return deployment.bind(settings)
+
+
+APP_NAME = "qad-scoring"
+
+
+def start(
+    settings: ServiceSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replicas: int = 1,
+    ray_address: str | None = None,
+    blocking: bool = False,
+) -> str:
+    """Run the service on Ray Serve (this process's Ray, else ``ray_address``, else a new local Ray);
+    returns its base URL. ``blocking`` serves until interrupted.
+    """
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, configure_logging=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(settings, replicas=replicas), name=APP_NAME, route_prefix="/", blocking=blocking)
+    return f"http://{host}:{port}"
+
+
+def stop() -> None:
+    """Remove the application and Serve's proxy and controller (Ray itself stays up)."""
+    serve.shutdown()

@@ -1,0 +1,178 @@
+"""Request bodies → rest-frame spectra for the scorer, and scores → response rows.
+
+Both bodies go through the batch pipeline's own functions: JSON spectra through
+``observed_spectra`` (ingestion's pixel rules, the batch resampling), an uploaded coadd through
+``read_spectra_file`` and ``normalized_table`` exactly as ``raw_spectra`` and ``normalized_spectra``
+read a coadd from the archive. Every problem is an ``HTTPException`` with a 4xx status that says what
+is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from fastapi import HTTPException
+from pydantic import ValidationError
+
+from qad_assets.science import ledger
+from qad_assets.science.desi_io import DesiFormatError, read_spectra_file
+from qad_assets.science.observed_spectra import SpectrumError, normalize_observed, observed_spectrum
+from qad_assets.science.rest_frame import normalized_table, spectra_to_numpy
+from qad_assets.science.scoring_model import SCORE_COLUMNS
+from qad_assets.service.schema import NotScored, ScoreRequest, SpectrumScore
+
+#: Release name given to an uploaded coadd when the form names none.
+UPLOAD_RELEASE = "upload"
+
+
+@dataclass(frozen=True)
+class RestFrameSpectra:
+    """Spectra of one request on the rest grid: what the batcher scores. ``index`` is each one's place
+    in the request (JSON) or its FIBERMAP row (upload); ``targetid`` is 0 where none was given.
+    """
+
+    flux: np.ndarray
+    ivar: np.ndarray
+    z: np.ndarray
+    targetid: np.ndarray
+    has_targetid: np.ndarray
+    low_coverage: np.ndarray
+    index: np.ndarray
+    release: str | None
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def split(self, size: int) -> list[RestFrameSpectra]:
+        """Pieces of at most ``size`` spectra (one batcher item each)."""
+        fields = ("flux", "ivar", "z", "targetid", "has_targetid", "low_coverage", "index")
+        return [
+            replace(self, **{name: getattr(self, name)[lo : lo + size] for name in fields})
+            for lo in range(0, len(self), size)
+        ]
+
+
+def spectra_from_json(body: bytes, *, max_spectra: int) -> RestFrameSpectra:
+    """A ``ScoreRequest`` JSON body, checked spectrum by spectrum and moved to the rest frame."""
+    try:
+        request = ScoreRequest.model_validate_json(body)
+    except ValidationError as err:
+        raise _validation_error(err) from None
+    if len(request.spectra) > max_spectra:
+        raise HTTPException(413, f"{len(request.spectra)} spectra in one request; at most {max_spectra}")
+    observed = []
+    for i, s in enumerate(request.spectra):
+        wavelength = s.wavelength if s.wavelength is not None else request.wavelength
+        try:
+            if wavelength is None:
+                raise SpectrumError(i, ledger.reason("bad_wavelength", "no wavelength, here or in the request"))
+            observed.append(observed_spectrum(i, wavelength, s.flux, s.ivar, s.redshift, s.mask))
+        except SpectrumError as err:
+            raise HTTPException(422, str(err)) from None
+    rest = normalize_observed(observed)
+    targetid = [s.targetid for s in request.spectra]
+    return RestFrameSpectra(
+        flux=rest.flux,
+        ivar=rest.ivar,
+        z=np.asarray([s.z for s in observed]),
+        targetid=np.asarray([t or 0 for t in targetid], np.int64),
+        has_targetid=np.asarray([t is not None for t in targetid]),
+        low_coverage=rest.low_coverage,
+        index=np.arange(len(observed)),
+        release=request.release,
+    )
+
+
+def _validation_error(err: ValidationError) -> HTTPException:
+    """400 for a body that is not JSON, else 422 listing each problem as ``spectra[2].flux: ...``."""
+    problems = err.errors(include_url=False)
+    if any(p["type"] == "json_invalid" for p in problems):
+        return HTTPException(400, f"request body is not valid JSON: {problems[0]['msg']}")
+    shown = "; ".join(f"{_location(p['loc'])}: {p['msg']}" for p in problems[:5])
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return HTTPException(422, shown + more)
+
+
+def _location(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def spectra_from_coadd(
+    coadd: bytes,
+    redrock: bytes | None,
+    *,
+    filename: str,
+    release: str | None,
+    qso_catalog: str | None,
+) -> tuple[RestFrameSpectra, list[NotScored]]:
+    """An uploaded DESI coadd (+ its redrock file) read as ``raw_spectra`` reads one: the quasars to
+    score, and every other FIBERMAP row with its ledger reason.
+    """
+    if redrock is None and qso_catalog is None:
+        raise HTTPException(422, "an uploaded coadd needs its redrock file (form field 'redrock') for redshifts")
+    name = Path(filename or "coadd.fits").name
+    with tempfile.TemporaryDirectory(prefix="qad-upload-") as tmp:
+        coadd_path = Path(tmp) / name
+        coadd_path.write_bytes(coadd)
+        redrock_path = None
+        if redrock is not None:
+            redrock_path = Path(tmp) / f"redrock-of-{name}"
+            redrock_path.write_bytes(redrock)
+        try:
+            result = read_spectra_file(
+                coadd_path, redrock_path, release=release or UPLOAD_RELEASE, qso_catalog=qso_catalog, archive_root=tmp
+            )
+        except DesiFormatError as err:
+            raise HTTPException(422, f"{name}: {err.reason}") from None
+    failure = ledger.file_failure_reason(result.ledger)
+    if failure is not None:
+        raise HTTPException(422, f"{name} is not a readable DESI coadd + redrock pair: {failure}")
+    raw = result.spectra
+    rest = normalized_table(raw)
+    rows = result.ledger.to_pydict()
+    kept = [r for r, status in zip(rows["row"], rows["status"], strict=True) if status == ledger.KEPT]
+    not_scored = [
+        NotScored(index=r, targetid=t, status=s, reason=why)
+        for r, t, s, why in zip(rows["row"], rows["TARGETID"], rows["status"], rows["reason"], strict=True)
+        if s != ledger.KEPT
+    ]
+    spectra = RestFrameSpectra(
+        flux=spectra_to_numpy(rest["flux"]),
+        ivar=spectra_to_numpy(rest["ivar"]),
+        z=rest["Z"].to_numpy(),
+        targetid=rest["TARGETID"].to_numpy(),
+        has_targetid=np.ones(raw.num_rows, bool),
+        low_coverage=rest["low_coverage"].to_numpy(zero_copy_only=False),
+        index=np.asarray(kept, np.int64),
+        release=release,
+    )
+    return spectra, not_scored
+
+
+def response_rows(
+    spectra: RestFrameSpectra, scores: dict[str, np.ndarray], name: str, version: str
+) -> list[SpectrumScore]:
+    """One ``SpectrumScore`` per spectrum; NaN (undefined) becomes null."""
+    columns = {key: scores[key].tolist() for key in (*SCORE_COLUMNS, "snr")}
+    return [
+        SpectrumScore(
+            index=int(spectra.index[i]),
+            targetid=int(spectra.targetid[i]) if spectra.has_targetid[i] else None,
+            **{key: _json_value(values[i]) for key, values in columns.items()},
+            low_coverage=bool(spectra.low_coverage[i]),
+            model_name=name,
+            model_version=version,
+        )
+        for i in range(len(spectra))
+    ]
+
+
+def _json_value(value: float | int | str) -> float | int | str | None:
+    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -1,0 +1,93 @@
+"""Spectra sent one by one: the same rest-frame arrays as the batch, and ingestion's reasons for bad ones."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from qad_assets.science.demo_release import write_demo_release
+from qad_assets.science.desi_io import BRZ_WAVE, read_spectra_file
+from qad_assets.science.observed_spectra import SpectrumError, normalize_observed, observed_spectrum
+from qad_assets.science.rest_frame import normalized_table, spectra_to_numpy
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
+    demo = write_demo_release(tmp_path_factory.mktemp("demo"), n_pixels=1, targets_per_pixel=60, seed=5)
+    return read_spectra_file(demo.coadd_paths[0], demo.redrock_paths[0], release="demo").spectra
+
+
+def row(raw: pa.Table, i: int) -> dict:
+    good = spectra_to_numpy(raw["good"])[i]
+    return {
+        "wavelength": BRZ_WAVE,
+        "flux": spectra_to_numpy(raw["flux"])[i],
+        "ivar": spectra_to_numpy(raw["ivar"])[i],
+        "z": float(raw["Z"][i].as_py()),
+        "mask": (~good).astype(np.int64),
+    }
+
+
+def test_brz_spectra_come_out_as_normalized_spectra_has_them(raw: pa.Table) -> None:
+    batch = normalized_table(raw)
+    spectra = [observed_spectrum(i, **row(raw, i)) for i in range(raw.num_rows)]
+    one_by_one = normalize_observed(spectra)
+    np.testing.assert_array_equal(one_by_one.flux, spectra_to_numpy(batch["flux"]))
+    np.testing.assert_array_equal(one_by_one.ivar, spectra_to_numpy(batch["ivar"]))
+    np.testing.assert_array_equal(one_by_one.scale, batch["scale"].to_numpy())
+    np.testing.assert_array_equal(one_by_one.low_coverage, batch["low_coverage"].to_numpy(zero_copy_only=False))
+
+
+def test_spectra_on_other_grids_keep_their_order(raw: pa.Table) -> None:
+    """Every other pixel of spectrum 1 is another grid; each row equals normalizing it alone."""
+    first, second = row(raw, 0), row(raw, 1)
+    coarse = {key: (value[::2] if isinstance(value, np.ndarray) else value) for key, value in second.items()}
+    spectra = [observed_spectrum(0, **first), observed_spectrum(1, **coarse), observed_spectrum(2, **first)]
+    mixed = normalize_observed(spectra)
+    alone = normalize_observed([spectra[1]])
+    np.testing.assert_array_equal(mixed.flux[1], alone.flux[0])
+    np.testing.assert_array_equal(mixed.flux[0], mixed.flux[2])
+    assert not np.array_equal(mixed.flux[0], mixed.flux[1])
+    assert (mixed.ivar[1] > 0).sum() > 1000
+
+
+def test_nan_at_a_masked_pixel_is_ignored(raw: pa.Table) -> None:
+    spectrum = row(raw, 0)
+    clean = normalize_observed([observed_spectrum(0, **spectrum)])
+    flux, mask = spectrum["flux"].copy(), spectrum["mask"].copy()
+    pixel = int(np.flatnonzero(mask == 0)[100])
+    flux[pixel], mask[pixel] = np.nan, 1
+    masked = normalize_observed([observed_spectrum(0, **{**spectrum, "flux": flux, "mask": mask})])
+    assert np.isfinite(masked.flux).all()
+    assert (masked.ivar > 0).sum() <= (clean.ivar > 0).sum()
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "detail"),
+    [
+        (lambda s: s | {"flux": s["flux"][:-1]}, "shape_mismatch", "flux has 7780 values, wavelength 7781"),
+        (lambda s: s | {"mask": s["mask"][:10]}, "shape_mismatch", "mask has 10 values"),
+        (lambda s: s | {"wavelength": s["wavelength"][::-1]}, "bad_wavelength", "not strictly increasing"),
+        (lambda s: s | {"wavelength": np.full(7781, np.nan)}, "bad_wavelength", "finite and positive"),
+        (lambda s: s | {"z": 7.5}, "bad_redshift", "z = 7.5 is outside [0, 6]"),
+        (lambda s: s | {"z": float("nan")}, "bad_redshift", "z = nan"),
+        (lambda s: s | {"ivar": np.where(np.arange(7781) == 12, -1.0, s["ivar"])}, "negative_ivar", "ivar[12]"),
+        (lambda s: s | {"flux": np.where(s["mask"] == 0, np.nan, s["flux"])}, "nonfinite", "flux["),
+        (lambda s: s | {"ivar": np.where(s["mask"] == 0, np.inf, s["ivar"])}, "nonfinite", "ivar["),
+        (lambda s: s | {"ivar": np.zeros(7781)}, "no_good_pixels", "ivar = 0 or mask != 0 everywhere"),
+        (lambda s: s | {"mask": np.full(7781, 0.5)}, "bad_mask", "integers"),
+    ],
+)
+def test_a_bad_spectrum_is_refused_with_the_ledger_reason(raw: pa.Table, change, code: str, detail: str) -> None:
+    with pytest.raises(SpectrumError) as err:
+        observed_spectrum(3, **change(row(raw, 0)))
+    assert err.value.index == 3 and err.value.reason.startswith(f"{code}: ")
+    assert detail in str(err.value) and str(err.value).startswith("spectra[3]: ")
+
+
+def test_only_the_pixel_rules_of_ingestion_apply(raw: pa.Table) -> None:
+    """Zero ivar, a mask bit and no mask at all are all valid input."""
+    spectrum = row(raw, 0)
+    without_mask = observed_spectrum(0, **{k: v for k, v in spectrum.items() if k != "mask"})
+    with_mask = observed_spectrum(0, **spectrum)
+    np.testing.assert_array_equal(without_mask.good, with_mask.good)  # raw_spectra zeroed ivar where masked
+    assert with_mask.flux.dtype == np.float32 and not with_mask.good.all()
