@@ -102,6 +102,15 @@ def test_help_documents_every_option() -> None:
         "demo": ["--storage", "--n-pixels", "--targets-per-pixel", "--seed", "--debug"],
         "run": ["--archive", "--release", "--specprod", "--storage", "--qso-catalog", "--debug"],
         "ui": ["--storage", "--host", "--port"],
+        "serve": [
+            "--storage",
+            "--host",
+            "--port",
+            "--replicas",
+            "--shadow-fraction",
+            "--poll-seconds",
+            "--max-json-mb",
+        ],
     }.items():
         text = qad(command, "--help").stdout
         assert all(option in text for option in options), (command, text)

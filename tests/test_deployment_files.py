@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from qad_assets.cli import build_parser
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 K8S = DOCKER / "k8s"
@@ -418,6 +420,22 @@ def test_mlflow_port_and_address(services, deployment):
         assert (url.scheme, url.hostname, str(url.port)) == ("http", "mlflow", port), where
         host = f"{url.hostname}:{url.port}"
         assert host in flag(mlflow["command"], "--allowed-hosts").split(","), f"{where}: MLflow refuses Host {host}"
+
+
+def test_scoring_service_command_port_and_registry(services):
+    scoring = services["scoring"]
+    command = scoring["command"]
+    assert command[:2] == ["qad", "serve"]
+    build_parser().parse_args(command[1:])  # every option is one qad serve has
+    port = flag(command, "--port")
+    assert flag(command, "--host") == "0.0.0.0", "inside the container; published on the host's loopback"
+    assert scoring["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"127.0.0.1:{port}/health" in " ".join(scoring["healthcheck"]["test"])
+    env, code_env = service_env(scoring), service_env(services["code-location"])
+    assert env["MLFLOW_TRACKING_URI"] == code_env["MLFLOW_TRACKING_URI"], "the registry the pipeline promotes in"
+    assert env["QAD_STORAGE"] == code_env["QAD_STORAGE"] and "storage:/data" in scoring["volumes"]
+    assert env["RAY_ADDRESS"] == "", "Serve's proxy must run in this container, which publishes the port"
+    assert "mlflow" in scoring["depends_on"]
 
 
 def test_ray_ports_and_addresses(services, deployment, raycluster):

@@ -64,9 +64,10 @@ def spectra_from_json(body: bytes, *, max_spectra: int) -> RestFrameSpectra:
         raise _validation_error(err) from None
     if len(request.spectra) > max_spectra:
         raise HTTPException(413, f"{len(request.spectra)} spectra in one request; at most {max_spectra}")
+    shared = None if request.wavelength is None else np.asarray(request.wavelength, np.float64)
     observed = []
     for i, s in enumerate(request.spectra):
-        wavelength = s.wavelength if s.wavelength is not None else request.wavelength
+        wavelength = s.wavelength if s.wavelength is not None else shared
         try:
             if wavelength is None:
                 raise SpectrumError(i, ledger.reason("bad_wavelength", "no wavelength, here or in the request"))
