@@ -1,6 +1,6 @@
 """Load test of the scoring service: throughput and latency on loopback, from a second process.
 
-    python benchmarks/bench_serving.py [--storage DIR] [--single N] [--batch N] [--time-limit S]
+    python benchmarks/bench_serving.py [--storage DIR] [--single N] [--batch N] [--replicas R] [--time-limit S]
 
 The server is ``qad serve`` in its own process (its own local Ray, the registry's champion of
 ``--storage``); this process is the client. Without ``--storage`` it first runs ``qad demo`` into a
@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from qad_assets.science.desi_io import BRZ_WAVE
 from qad_assets.science.parquet_store import read_table
-from qad_assets.science.rest_frame import spectra_to_numpy
+from qad_assets.service.client import score_request
 
 QAD = [sys.executable, "-m", "qad_assets.cli"]
 
@@ -47,23 +46,11 @@ class Scenario:
 def request_bodies(storage: Path, per_request: int, count: int) -> list[bytes]:
     """``count`` JSON bodies of ``per_request`` real spectra each, cycling through the release."""
     raw = read_table(sorted((storage / "raw_spectra").glob("*/*.parquet"))[0])
-    flux, ivar, good = (spectra_to_numpy(raw[c]) for c in ("flux", "ivar", "good"))
-    spectra = [
-        {
-            "flux": flux[i].tolist(),
-            "ivar": ivar[i].tolist(),
-            "mask": (~good[i]).astype(int).tolist(),
-            "redshift": raw["Z"][i].as_py(),
-            "targetid": raw["TARGETID"][i].as_py(),
-        }
-        for i in range(raw.num_rows)
-    ]
-    wavelength = BRZ_WAVE.tolist()
     distinct = min(count, 8)  # a few distinct bodies, reused: memory stays bounded for 64-spectrum bodies
     bodies = []
     for b in range(distinct):
-        chosen = [spectra[(b * per_request + k) % len(spectra)] for k in range(per_request)]
-        bodies.append(json.dumps({"wavelength": wavelength, "spectra": chosen}).encode())
+        rows = [(b * per_request + k) % raw.num_rows for k in range(per_request)]
+        bodies.append(json.dumps(score_request(raw, rows)).encode())
     return [bodies[i % distinct] for i in range(count)]
 
 
@@ -112,8 +99,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(storage: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(storage: Path, port: int, replicas: int, log: Path) -> subprocess.Popen:
     command = [*QAD, "serve", "--storage", str(storage), "--port", str(port), "--poll-seconds", "0"]
+    command += ["--replicas", str(replicas)]
     server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -134,6 +122,7 @@ def main() -> None:
     parser.add_argument("--storage", type=Path, help="storage root with a champion model (default: run qad demo)")
     parser.add_argument("--single", type=int, default=2000, help="single-spectrum requests (default: 2000)")
     parser.add_argument("--batch", type=int, default=100, help="64-spectrum requests (default: 100)")
+    parser.add_argument("--replicas", type=int, default=1, help="scoring replicas of the server (default: 1)")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per scenario at most (default: 120)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
@@ -147,7 +136,7 @@ def main() -> None:
         Scenario("64 spectra / request", 64, args.batch, 4),
     ]
     port = free_port()
-    server = start_server(storage.resolve(), port, tmp / "serve.log")
+    server = start_server(storage.resolve(), port, args.replicas, tmp / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:
         model = requests.get(f"{url}/model", timeout=10).json()
@@ -162,6 +151,7 @@ def main() -> None:
     champion = model["champion"]
     print(
         f"\nscoring service: {champion['name']} v{champion['version']} on {model['device']}, "
+        f"{args.replicas} replica(s), "
         f"{os.cpu_count()} CPUs shared by client and server, loopback HTTP"
     )
     header = f"{'scenario':<22}{'requests':>9}{'conc.':>6}{'errors':>7}{'wall s':>8}{'req/s':>8}{'spectra/s':>10}"

@@ -20,11 +20,10 @@ import requests
 from qad_assets.definitions import defs
 from qad_assets.partitions import archive_partition_keys, range_tags
 from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.desi_io import BRZ_WAVE
 from qad_assets.science.parquet_store import read_table
-from qad_assets.science.rest_frame import spectra_to_numpy
 from qad_assets.science.training import select_rows
 from qad_assets.service.app import ServiceSettings, start, stop
+from qad_assets.service.client import score_request
 from resources.mlflow import CHALLENGER, CHAMPION, MlflowResource
 
 MAX_SPECTRA = 64
@@ -110,21 +109,6 @@ def service(pipeline: Pipeline):
     stop()
 
 
-def json_body(raw: pa.Table, rows: range | list[int], release: str | None = "demo") -> dict:
-    flux, ivar, good = (spectra_to_numpy(raw[c]) for c in ("flux", "ivar", "good"))
-    spectra = [
-        {
-            "flux": flux[i].tolist(),
-            "ivar": ivar[i].tolist(),
-            "mask": (~good[i]).astype(int).tolist(),
-            "redshift": raw["Z"][i].as_py(),
-            "targetid": raw["TARGETID"][i].as_py(),
-        }
-        for i in rows
-    ]
-    return {"release": release, "wavelength": BRZ_WAVE.tolist(), "spectra": spectra}
-
-
 def post(url: str, body: dict) -> dict:
     response = requests.post(f"{url}/score", json=body, timeout=60)
     assert response.status_code == 200, response.text
@@ -163,17 +147,17 @@ def test_health_model_and_openapi(service: str) -> None:
 
 def test_scores_equal_the_batch_anomaly_scores(pipeline: Pipeline, service: str) -> None:
     raw, batch = pipeline.raw(0), pipeline.scores(0)
-    many = post(service, json_body(raw, range(MAX_SPECTRA)))
+    many = post(service, score_request(raw, range(MAX_SPECTRA), release="demo"))
     assert many["model"]["version"] == "1" and [s["index"] for s in many["scores"]] == list(range(MAX_SPECTRA))
     assert_matches_batch(many["scores"], batch)
-    one = post(service, json_body(raw, [MAX_SPECTRA]))  # a batch of one gives the same numbers
+    one = post(service, score_request(raw, [MAX_SPECTRA], release="demo"))  # a batch of one gives the same numbers
     assert_matches_batch(one["scores"], batch)
 
 
 def test_without_the_release_spectra_are_scored_as_unseen(pipeline: Pipeline, service: str) -> None:
     """Held-out spectra score the same either way; training spectra get the held-out calibration."""
     raw, batch = pipeline.raw(1), pipeline.scores(1)
-    unseen = post(service, json_body(raw, range(40), release=None))["scores"]
+    unseen = post(service, score_request(raw, range(40)))["scores"]
     scorer_dir = pipeline.mlflow.download_model_dir("1", pipeline.storage / "check-v1")
     val_fraction = json.loads((scorer_dir / "scorer.json").read_text())["val_fraction"]
     targetid = np.asarray([s["targetid"] for s in unseen])
@@ -219,7 +203,7 @@ def shadow_lines(storage: Path, targetids: set[int], timeout: float = 30.0) -> l
 
 
 def test_shadow_scoring_logs_both_versions(pipeline: Pipeline, service: str) -> None:
-    out = post(service, json_body(pipeline.raw(1), range(100, 105)))
+    out = post(service, score_request(pipeline.raw(1), range(100, 105), release="demo"))
     assert {s["model_version"] for s in out["scores"]} == {"1"}  # the caller sees the champion
     by_target = {s["targetid"]: s for s in out["scores"]}
     records = shadow_lines(pipeline.storage, set(by_target))
@@ -233,7 +217,7 @@ def test_shadow_scoring_logs_both_versions(pipeline: Pipeline, service: str) -> 
 
 @pytest.fixture(scope="module")
 def small_body(pipeline: Pipeline) -> dict:
-    return json_body(pipeline.raw(0), [0])
+    return score_request(pipeline.raw(0), [0], release="demo")
 
 
 def with_spectrum(body: dict, **changes) -> dict:

@@ -22,24 +22,6 @@ STATUSES = (KEPT, FILTERED, QUARANTINED)
 FILTER_CODES = frozenset(
     {"unassigned_fiber", "not_target", "bad_fiberstatus", "not_qso", "zwarn", "not_in_qso_catalog"}
 )
-# Quarantined: bad input data (file-level or row-level), to be looked at by a person.
-QUARANTINE_CODES = frozenset(
-    {
-        "corrupt_fits",
-        "missing_hdu",
-        "missing_column",
-        "shape_mismatch",
-        "bad_wavelength",
-        "bad_redrock",
-        "missing_redrock",
-        "redrock_mismatch",
-        "duplicate_targetid",
-        "nonfinite",
-        "negative_ivar",
-        "no_good_pixels",
-    }
-)
-
 # Quarantine codes that condemn a whole file: every row of the file gets the same reason.
 FILE_CODES = frozenset(
     {
@@ -53,6 +35,14 @@ FILE_CODES = frozenset(
         "redrock_mismatch",
     }
 )
+# Quarantined: bad input data (file-level, or row-level as these; redrock_mismatch is either), to be
+# looked at by a person.
+QUARANTINE_CODES = FILE_CODES | {
+    "duplicate_targetid",
+    "nonfinite",
+    "negative_ivar",
+    "no_good_pixels",
+}
 
 LEDGER_SCHEMA = pa.schema(
     [

@@ -87,16 +87,18 @@ class ScoringApi(FastAPI):
 
 app = ScoringApi(title="desi-qad scoring service", version="1", description=DESCRIPTION)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": why}
-    for code, why in {
-        400: "body is not valid JSON",
-        413: "body larger than max_json_bytes / max_upload_bytes, or more spectra than max_spectra",
-        415: "neither application/json nor multipart/form-data",
-        422: "a spectrum or file that cannot be scored, and why",
-        503: "no champion model in the registry yet",
-    }.items()
+ERROR_MEANINGS = {
+    400: "body is not valid JSON",
+    413: "body larger than max_json_bytes / max_upload_bytes, or more spectra than max_spectra",
+    415: "neither application/json nor multipart/form-data",
+    422: "a spectrum or file that cannot be scored, and why",
+    503: "no champion model in the registry yet",
 }
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with an ``ErrorResponse`` body."""
+    return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
 
 
 def _spectra_in(items: list[RestFrameSpectra]) -> int:
@@ -169,7 +171,7 @@ class ScoringService:
             except Exception:  # a registry hiccup must not stop polling; the next poll retries
                 log.exception("registry poll failed")
 
-    @app.get("/health", responses=_ERRORS)
+    @app.get("/health", responses=_errors(503))
     def health(self) -> dict[str, str]:
         """200 when a champion is loaded and requests can be scored, else 503."""
         champion = self._model(CHAMPION)
@@ -188,15 +190,15 @@ class ScoringService:
         }
 
     @app.post("/reload")
-    def reload(self) -> dict[str, Any]:
+    async def reload(self) -> dict[str, Any]:
         """Follow the aliases now (instead of at the next poll); returns what ``GET /model`` returns."""
-        self.models.refresh()
+        await asyncio.to_thread(self.models.refresh)  # a download must not stall requests in flight
         return self.model()
 
     @app.post(
         "/score",
         response_model=ScoreResponse,
-        responses=_ERRORS,
+        responses=_errors(400, 413, 415, 422, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
