@@ -289,28 +289,32 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from qad_assets.service.app import ServiceSettings, start
+    from qad_assets.service.app import start, stop
+    from qad_assets.service.settings import ServiceSettings
 
-    storage = storage_root(args.storage)
-    settings = ServiceSettings(
-        storage_root=str(storage),
-        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
-        device=os.environ.get("QAD_DEVICE") or "auto",
-        shadow_fraction=args.shadow_fraction,
-        poll_seconds=args.poll_seconds,
-        max_json_bytes=int(args.max_json_mb * 2**20),
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        qso_catalog=os.environ.get("QAD_QSO_CATALOG") or None,
-    )
-    print(f"scoring service on http://{args.host}:{args.port} (API: /docs); Ctrl-C stops it", file=sys.stderr)
-    start(
-        settings,
-        host=args.host,
-        port=args.port,
-        replicas=args.replicas,
-        ray_address=os.environ.get("RAY_ADDRESS") or None,
-        blocking=True,
-    )
+    try:
+        settings = ServiceSettings.from_env(
+            str(storage_root(args.storage)),
+            shadow_fraction=args.shadow_fraction,
+            poll_seconds=args.poll_seconds,
+            max_json_bytes=int(args.max_json_mb * 2**20),
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+        )
+        print(f"scoring service on http://{args.host}:{args.port} (API: /docs); Ctrl-C stops it", file=sys.stderr)
+        start(
+            settings,
+            host=args.host,
+            port=args.port,
+            replicas=args.replicas,
+            gpus_per_replica=args.gpus_per_replica,
+            ray_address=os.environ.get("RAY_ADDRESS") or None,
+            blocking=True,
+        )
+    except ValueError as err:  # settings out of range, or options that do not go together
+        raise UserError(str(err)) from err
+    except KeyboardInterrupt:
+        stop()  # on a cluster the application would otherwise outlive this command
+        print("scoring service stopped", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--replicas", type=int, default=1, help="scoring replicas (default: 1)")
+    serve.add_argument(
+        "--gpus-per-replica",
+        type=float,
+        metavar="N",
+        help="GPUs each replica asks Ray for (default: 1 if this machine's device is CUDA, else 0)",
+    )
     serve.add_argument(
         "--shadow-fraction",
         type=float,

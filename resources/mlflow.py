@@ -107,14 +107,14 @@ class MlflowResource(dg.ConfigurableResource):
         return dict(self.client().get_model_version(self.registered_model, version).tags)
 
     def download_model_dir(self, reference: str, dst: Path) -> Path:
-        """The model's weights directory for an alias or version, copied locally; nothing is unpickled."""
+        """The model's weights directory for an alias or version, copied locally; nothing is unpickled.
+
+        Only the logged ``artifacts`` (weights + scorer) are fetched, from the version's own artifact
+        location: no ``models:/`` URI, so no process-wide registry URI is needed.
+        """
         version = self.version_for(reference)
-        mlflow.set_tracking_uri(self.uri())  # a models:/ URI resolves through the global registry URI
-        mlflow.set_registry_uri(self.uri())
+        source = self.client().get_model_version_download_uri(self.registered_model, version)
         root = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{self.registered_model}/{version}",
-            dst_path=str(dst),
-            tracking_uri=self.uri(),
-            registry_uri=self.uri(),
+            artifact_uri=f"{source.rstrip('/')}/artifacts", dst_path=str(dst), tracking_uri=self.uri()
         )
-        return next((Path(root) / "artifacts").iterdir())
+        return next(Path(root).iterdir())

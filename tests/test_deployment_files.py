@@ -436,6 +436,9 @@ def test_scoring_service_command_port_and_registry(services):
     assert env["QAD_STORAGE"] == code_env["QAD_STORAGE"] and "storage:/data" in scoring["volumes"]
     assert env["RAY_ADDRESS"] == "", "Serve's proxy must run in this container, which publishes the port"
     assert "mlflow" in scoring["depends_on"]
+    archive_mounts = {v.split(":")[1] for v in scoring["volumes"]}
+    assert not env["QAD_QSO_CATALOG"] or env["QAD_QSO_CATALOG"].startswith(tuple(archive_mounts))
+    assert env["QAD_ARCHIVE"] in archive_mounts, "a QSO catalogue in the DESI tree must be readable here"
 
 
 def test_ray_ports_and_addresses(services, deployment, raycluster):

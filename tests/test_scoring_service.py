@@ -209,7 +209,9 @@ def test_shadow_scoring_logs_both_versions(pipeline: Pipeline, service: str) -> 
     records = shadow_lines(pipeline.storage, set(by_target))
     for record in records:
         assert record["champion_version"] == "1" and record["challenger_version"] == "2"
-        assert record["champion_score"] == pytest.approx(by_target[record["targetid"]]["anomaly_score"], abs=1e-12)
+        answered = by_target[record["targetid"]]
+        assert record["index"] == answered["index"]
+        assert record["champion_score"] == pytest.approx(answered["anomaly_score"], abs=1e-12)
         assert record["challenger_score"] is not None and record["challenger_score"] != record["champion_score"]
     summary = requests.get(f"{service}/model", timeout=10).json()["shadow"]
     assert summary["spectra"] >= len(records) and summary["mean_abs_score_difference"] > 0
@@ -241,6 +243,7 @@ def bad_json_cases(body: dict) -> dict[str, tuple[dict | bytes, int, str]]:
         "redshift 9": (with_spectrum(body, redshift=9.0), 422, "bad_redshift: z = 9.0 is outside [0, 6]"),
         "no wavelength": ({**body, "wavelength": None}, 422, "bad_wavelength: no wavelength"),
         "unknown field": ({**body, "model": "2"}, 422, "model: Extra inputs are not permitted"),
+        "TARGETID beyond int64": (with_spectrum(body, targetid=2**64), 422, "spectra[0].targetid: Input should be"),
         "no spectra": ({"spectra": []}, 422, "spectra: List should have at least 1 item"),
         "too many spectra": ({"spectra": [tiny] * (MAX_SPECTRA + 1)}, 413, f"at most {MAX_SPECTRA}"),
     }
@@ -257,6 +260,7 @@ def bad_json_cases(body: dict) -> dict[str, tuple[dict | bytes, int, str]]:
         "redshift 9",
         "no wavelength",
         "unknown field",
+        "TARGETID beyond int64",
         "no spectra",
         "too many spectra",
     ],
@@ -299,6 +303,24 @@ def test_a_file_that_is_not_a_desi_coadd_gets_a_422(pipeline: Pipeline, service:
         assert response.status_code == 422, (name, response.text)
         assert message in response.json()["detail"], (name, response.json())
         assert requests.post(f"{service}/score", json=small_body, timeout=60).status_code == 200
+    garbled = requests.post(
+        f"{service}/score",
+        data=b"--xyz\r\nnot a part header\r\n",
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+        timeout=60,
+    )
+    assert garbled.status_code == 400, garbled.text
+    assert garbled.json()["detail"].startswith("malformed multipart body: ")
+    no_file = requests.post(f"{service}/score", data={"release": "demo"}, files={"redrock": redrock}, timeout=60)
+    assert no_file.status_code == 422 and "file field 'coadd'" in no_file.json()["detail"]
+
+
+def test_the_uploaded_file_name_is_only_a_label(pipeline: Pipeline, service: str) -> None:
+    coadd, redrock = pipeline.files[pipeline.keys[0]]
+    files = {"coadd": ("..", coadd.read_bytes()), "redrock": ("/", redrock.read_bytes())}
+    response = requests.post(f"{service}/score", files=files, data={"release": "demo"}, timeout=120)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["scores"]) == pipeline.raw(0).num_rows
 
 
 def wait_for_champion(url: str, version: str | None, timeout: float = 10 * POLL_SECONDS + 10) -> None:

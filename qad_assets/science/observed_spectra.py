@@ -3,8 +3,10 @@ DESI rows and moved to the rest frame by the batch's own resampling and normaliz
 
 A spectrum on DESI's merged ``brz`` grid, with the flux, ivar and mask ``raw_spectra`` holds for it, comes
 out bit for bit as ``normalized_spectra`` has it. Problems are reported with the ingestion ledger's reason
-codes (``negative_ivar``, ``nonfinite``, ``no_good_pixels``, ...) so a rejected request and a quarantined
-row read the same. Plain numpy, no Dagster.
+codes where ingestion has one (``shape_mismatch``, ``bad_wavelength``, ``nonfinite``, ``negative_ivar``,
+``no_good_pixels``), so a rejected request and a quarantined row read the same; ``bad_redshift`` and
+``bad_mask`` exist only here (ingestion takes Z from redrock and masks from the file). Plain numpy, no
+Dagster.
 """
 
 from __future__ import annotations
@@ -109,10 +111,7 @@ def _mask_is_zero(index: int, mask: np.ndarray) -> np.ndarray:
 
 
 def _check_pixels(index: int, flux: np.ndarray, ivar: np.ndarray, unmasked: np.ndarray) -> None:
-    negative = ivar < 0
-    if negative.any():
-        pixel = int(np.argmax(negative))
-        raise SpectrumError(index, ledger.reason("negative_ivar", f"ivar[{pixel}] = {ivar[pixel]}"))
+    """Ingestion's pixel rules in its order (``desi_io._pixel_reasons``): non-finite, then negative ivar."""
     for name, bad in (
         ("ivar", unmasked & ~np.isfinite(ivar)),
         ("flux", unmasked & (ivar > 0) & ~np.isfinite(flux)),
@@ -121,6 +120,10 @@ def _check_pixels(index: int, flux: np.ndarray, ivar: np.ndarray, unmasked: np.n
             pixel = int(np.argmax(bad))
             value = (ivar if name == "ivar" else flux)[pixel]
             raise SpectrumError(index, ledger.reason("nonfinite", f"{name}[{pixel}] = {value} at a good pixel"))
+    negative = ivar < 0
+    if negative.any():
+        pixel = int(np.argmax(negative))
+        raise SpectrumError(index, ledger.reason("negative_ivar", f"ivar[{pixel}] = {ivar[pixel]}"))
 
 
 def normalize_observed(

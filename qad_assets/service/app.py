@@ -1,11 +1,11 @@
 """``qad serve``: score spectra over HTTP with the registry's ``champion``, as a Ray Serve application.
 
-A request is parsed and moved to the rest frame in its own thread, then queued for the model:
+A request is parsed and moved to the rest frame in a worker thread, then queued for the model:
 ``serve.batch`` merges the queued requests into one forward pass of up to ``MAX_BATCH_SPECTRA``
 spectra, on the GPU when there is one. A ``shadow_fraction`` of requests is scored again by the
-``challenger`` after the response has gone (both scores logged, the caller sees the champion's).
-Aliases are followed by polling the registry every ``poll_seconds`` and on ``POST /reload``.
-API reference: ``docs/serving.md`` and ``/docs`` on a running service.
+``challenger`` in the background (both scores logged; the response, which does not wait for it,
+carries the champion's). Aliases are followed by polling the registry every ``poll_seconds`` and on
+``POST /reload``. API reference: ``docs/serving.md`` and ``/docs`` on a running service.
 """
 
 from __future__ import annotations
@@ -16,57 +16,44 @@ import random
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import ray
 from fastapi import FastAPI, HTTPException, Request
-from pydantic import BaseModel, Field
 from ray import serve
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
-from qad_assets.science.desi_io import BRZ_WAVE
+from qad_assets.science.desi_io import BRZ_WAVE, read_qso_catalog
 from qad_assets.science.observed_spectra import normalize_observed, observed_spectrum
-from qad_assets.service.inputs import RestFrameSpectra, response_rows, spectra_from_coadd, spectra_from_json
+from qad_assets.service.inputs import (
+    RestFrameSpectra,
+    ScoredPiece,
+    response_rows,
+    spectra_from_coadd,
+    spectra_from_json,
+)
 from qad_assets.service.registry import LoadedModel, RegistryModels
 from qad_assets.service.schema import ErrorResponse, ScoreRequest, ScoreResponse
+from qad_assets.service.settings import ServiceSettings
 from qad_assets.service.shadow import ShadowLog
 from resources.gpu import GpuResource
-from resources.mlflow import CHALLENGER, CHAMPION, MlflowResource
+from resources.mlflow import CHALLENGER, CHAMPION
 
 log = logging.getLogger("qad.service")
 
+APP_NAME = "qad-scoring"
 #: Spectra per forward pass. The batcher fills a pass from queued requests for up to BATCH_WAIT_S.
 MAX_BATCH_SPECTRA = 256
 BATCH_WAIT_S = 0.005
 #: Requests one replica holds at once (in flight + queued for a batch).
 MAX_ONGOING_REQUESTS = 256
-
-
-class ServiceSettings(BaseModel):
-    """Where the registry is and how the service behaves (``qad serve`` options and environment)."""
-
-    storage_root: str = Field(description="storage root: default MLflow store and the shadow log")
-    tracking_uri: str = Field(default="", description="MLflow tracking/registry URI; empty: SQLite under storage")
-    registered_model: str = "qad-vae"
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="requests also scored by challenger")
-    poll_seconds: float = Field(default=30.0, ge=0.0, description="registry alias polling period; 0: only /reload")
-    max_json_bytes: int = Field(default=64 * 2**20, gt=0, description="largest JSON body (≈ 200 DESI spectra)")
-    max_upload_bytes: int = Field(default=512 * 2**20, gt=0, description="largest upload (DR1 coadds are ≤ ~300 MB)")
-    max_spectra: int = Field(default=4096, gt=0, description="most spectra in one JSON request")
-    qso_catalog: str | None = Field(default=None, description="QSO catalogue giving z to uploads without redrock")
-    seed: int = Field(default=0, description="seed of the shadow sampling")
-
-    def mlflow(self) -> MlflowResource:
-        return MlflowResource(
-            storage_root=self.storage_root, tracking_uri=self.tracking_uri, registered_model=self.registered_model
-        )
-
-    def shadow_folder(self) -> Path:
-        return Path(self.storage_root) / "serving" / "shadow"
-
+#: Uploads parsed at once per replica (each holds its body, up to max_upload_bytes, in memory).
+MAX_CONCURRENT_UPLOADS = 2
+#: Shadow scorings in flight per replica; beyond this a request is not shadowed (counted as skipped).
+MAX_SHADOW_IN_FLIGHT = 32
 
 DESCRIPTION = """Scores DESI quasar spectra with the VAE registered as `champion`, exactly as the nightly
 `anomaly_scores` asset scores them. `POST /score` takes JSON spectra or a multipart upload of a DESI coadd
@@ -74,6 +61,8 @@ DESCRIPTION = """Scores DESI quasar spectra with the VAE registered as `champion
 
 
 class ScoringApi(FastAPI):
+    """The service's FastAPI app; its OpenAPI schema also describes the JSON body of ``/score``."""
+
     def openapi(self) -> dict[str, Any]:
         """FastAPI's schema plus ``ScoreRequest``, which ``/score`` parses itself (it takes JSON or a file)."""
         if self.openapi_schema is None:
@@ -88,11 +77,11 @@ class ScoringApi(FastAPI):
 app = ScoringApi(title="desi-qad scoring service", version="1", description=DESCRIPTION)
 
 ERROR_MEANINGS = {
-    400: "body is not valid JSON",
+    400: "body is not valid JSON, or a malformed multipart body",
     413: "body larger than max_json_bytes / max_upload_bytes, or more spectra than max_spectra",
     415: "neither application/json nor multipart/form-data",
     422: "a spectrum or file that cannot be scored, and why",
-    503: "no champion model in the registry yet",
+    503: "no champion model in the registry (yet), or the registry cannot be read",
 }
 
 
@@ -117,7 +106,7 @@ _UPLOAD_SCHEMA = {
 }
 
 
-def score_together(model: LoadedModel, items: list[RestFrameSpectra]) -> list[tuple[LoadedModel, dict]]:
+def score_together(model: LoadedModel, items: list[RestFrameSpectra]) -> list[ScoredPiece]:
     """One forward pass for the spectra of several requests; each gets its own rows back. Spectra with a
     TARGETID from the model's training release are scored as the batch scores that release.
     """
@@ -135,31 +124,33 @@ def score_together(model: LoadedModel, items: list[RestFrameSpectra]) -> list[tu
     out, start = [], 0
     for item in items:
         rows = slice(start, start + len(item))
-        out.append((model, {key: value[rows] for key, value in scores.items()}))
+        out.append(ScoredPiece(item, model, {key: value[rows] for key, value in scores.items()}))
         start += len(item)
     return out
 
 
-@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
+@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS)
 @serve.ingress(app)
 class ScoringService:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.device = str(GpuResource(device=settings.device).torch_device())
+        self.catalog = read_qso_catalog(settings.qso_catalog) if settings.qso_catalog else None  # fail at start
         aliases = (CHAMPION, CHALLENGER) if settings.shadow_fraction > 0 else (CHAMPION,)
         self.models = RegistryModels(settings.mlflow(), aliases=aliases, device=self.device)
         self.models.refresh()
         self._warm_up()
         self.shadow = ShadowLog(settings.shadow_folder())
         self._sample = random.Random(settings.seed)
-        self._background: set[asyncio.Task] = set()
+        self._shadows_in_flight: set[asyncio.Task] = set()
+        self._uploads = asyncio.Semaphore(MAX_CONCURRENT_UPLOADS)
         if settings.poll_seconds > 0:
             threading.Thread(target=self._poll_registry, name="registry-poll", daemon=True).start()
 
     def _warm_up(self) -> None:
         """Compile the resampling kernel and touch the model now, not in the first request."""
         flat = np.ones(BRZ_WAVE.size)
-        rest = normalize_observed([observed_spectrum(0, BRZ_WAVE, flat, flat, 2.0)])
+        rest = normalize_observed([observed_spectrum(0, BRZ_WAVE, flat, flat, 2.0)], device=self.device)
         if (champion := self.models.get(CHAMPION)) is not None:
             champion.scoring.score(rest.flux, rest.ivar, np.asarray([2.0]))
 
@@ -174,8 +165,7 @@ class ScoringService:
     @app.get("/health", responses=_errors(503))
     def health(self) -> dict[str, str]:
         """200 when a champion is loaded and requests can be scored, else 503."""
-        champion = self._model(CHAMPION)
-        return {"status": "ok", "champion_version": champion.version}
+        return {"status": "ok", "champion_version": self._model(CHAMPION).version}
 
     @app.get("/model")
     def model(self) -> dict[str, Any]:
@@ -189,10 +179,14 @@ class ScoringService:
             "device": self.device,
         }
 
-    @app.post("/reload")
+    @app.post("/reload", responses=_errors(503))
     async def reload(self) -> dict[str, Any]:
         """Follow the aliases now (instead of at the next poll); returns what ``GET /model`` returns."""
-        await asyncio.to_thread(self.models.refresh)  # a download must not stall requests in flight
+        try:
+            await asyncio.to_thread(self.models.refresh)  # a download must not stall requests in flight
+        except Exception as err:
+            detail = f"reload failed, still serving what was loaded: {type(err).__name__}: {err}"
+            raise HTTPException(503, detail) from err
         return self.model()
 
     @app.post(
@@ -216,23 +210,20 @@ class ScoringService:
         not_scored = []
         if kind == "application/json":
             body = await self._read_body(request, self.settings.max_json_bytes)
-            spectra = await asyncio.to_thread(spectra_from_json, body, max_spectra=self.settings.max_spectra)
+            spectra = await asyncio.to_thread(
+                spectra_from_json, body, max_spectra=self.settings.max_spectra, device=self.device
+            )
         elif kind == "multipart/form-data":
-            body = await self._read_body(request, self.settings.max_upload_bytes)
-            spectra, not_scored = await self._spectra_from_upload(request, body)
+            async with self._uploads:
+                spectra, not_scored = await self._spectra_from_upload(request)
         else:
             raise HTTPException(415, f"content type {kind or 'none'}: send application/json or multipart/form-data")
         if not len(spectra):
             return ScoreResponse(model=champion.describe(), scores=[], not_scored=not_scored)
-        pieces = spectra.split(MAX_BATCH_SPECTRA)
-        scored = await asyncio.gather(*(self._score_champion(piece) for piece in pieces))
-        self._maybe_shadow(spectra, scored)
-        rows = [
-            row
-            for piece, (model, scores) in zip(pieces, scored, strict=True)
-            for row in response_rows(piece, scores, model.name, model.version)
-        ]
-        return ScoreResponse(model=scored[0][0].describe(), scores=rows, not_scored=not_scored)
+        scored = await asyncio.gather(*(self._score_champion(piece) for piece in spectra.split(MAX_BATCH_SPECTRA)))
+        self._maybe_shadow(scored)
+        rows = await asyncio.to_thread(response_rows, scored)
+        return ScoreResponse(model=scored[0].model.describe(), scores=rows, not_scored=not_scored)
 
     def _model(self, alias: str) -> LoadedModel:
         loaded = self.models.get(alias)
@@ -255,73 +246,75 @@ class ScoringService:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _spectra_from_upload(self, request: Request, body: bytes) -> tuple[RestFrameSpectra, list]:
+    async def _spectra_from_upload(self, request: Request) -> tuple[RestFrameSpectra, list]:
+        """The form's ``coadd`` (+ ``redrock``, ``release``), read as ``raw_spectra`` reads a coadd."""
+        body = await self._read_body(request, self.settings.max_upload_bytes)
+
         async def replay() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        form = await Request(request.scope, replay).form(max_files=2, max_fields=2)
-        coadd, redrock, release = form.get("coadd"), form.get("redrock"), form.get("release")
-        if not isinstance(coadd, UploadFile):
-            raise HTTPException(422, "a multipart upload needs the DESI coadd as file field 'coadd'")
-        if redrock is not None and not isinstance(redrock, UploadFile):
-            raise HTTPException(422, "form field 'redrock' must be a file (the coadd's redrock FITS)")
-        return await asyncio.to_thread(
-            spectra_from_coadd,
-            await coadd.read(),
-            await redrock.read() if redrock is not None else None,
-            filename=coadd.filename or "coadd.fits",
-            release=release if isinstance(release, str) and release else None,
-            qso_catalog=self.settings.qso_catalog,
-        )
+        try:
+            async with Request(request.scope, replay).form(max_files=2, max_fields=2) as form:
+                coadd, redrock, release = form.get("coadd"), form.get("redrock"), form.get("release")
+                if not isinstance(coadd, UploadFile):
+                    raise HTTPException(422, "a multipart upload needs the DESI coadd as file field 'coadd'")
+                if redrock is not None and not isinstance(redrock, UploadFile):
+                    raise HTTPException(422, "form field 'redrock' must be a file (the coadd's redrock FITS)")
+                return await asyncio.to_thread(
+                    spectra_from_coadd,
+                    coadd.file,
+                    redrock.file if redrock is not None else None,
+                    filename=coadd.filename or "coadd",
+                    release=release if isinstance(release, str) and release else None,
+                    qso_catalog=self.catalog,
+                    device=self.device,
+                )
+        except (MultiPartException, StarletteHTTPException) as err:
+            if isinstance(err, HTTPException):
+                raise
+            raise HTTPException(400, f"malformed multipart body: {getattr(err, 'detail', None) or err}") from None
 
     @serve.batch(max_batch_size=MAX_BATCH_SPECTRA, batch_wait_timeout_s=BATCH_WAIT_S, batch_size_fn=_spectra_in)
-    async def _score_champion(self, items: list[RestFrameSpectra]) -> list[tuple[LoadedModel, dict]]:
+    async def _score_champion(self, items: list[RestFrameSpectra]) -> list[ScoredPiece]:
         return await asyncio.to_thread(score_together, self._model(CHAMPION), items)
 
     @serve.batch(max_batch_size=MAX_BATCH_SPECTRA, batch_wait_timeout_s=BATCH_WAIT_S, batch_size_fn=_spectra_in)
-    async def _score_challenger(self, items: list[RestFrameSpectra]) -> list[tuple[LoadedModel, dict]]:
+    async def _score_challenger(self, items: list[RestFrameSpectra]) -> list[ScoredPiece]:
         return await asyncio.to_thread(score_together, self._model(CHALLENGER), items)
 
-    def _maybe_shadow(self, spectra: RestFrameSpectra, champion: list[tuple[LoadedModel, dict]]) -> None:
+    def _maybe_shadow(self, champion: list[ScoredPiece]) -> None:
         """With probability ``shadow_fraction``, score the request with the challenger in the background."""
         if self.models.get(CHALLENGER) is None or self._sample.random() >= self.settings.shadow_fraction:
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(spectra, champion))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if len(self._shadows_in_flight) >= MAX_SHADOW_IN_FLIGHT:  # the challenger is behind: drop, don't queue
+            self.shadow.skipped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(champion))
+        self._shadows_in_flight.add(task)
+        task.add_done_callback(self._shadows_in_flight.discard)
 
-    async def _shadow(self, spectra: RestFrameSpectra, champion: list[tuple[LoadedModel, dict]]) -> None:
-        pieces = spectra.split(MAX_BATCH_SPECTRA)
+    async def _shadow(self, champion: list[ScoredPiece]) -> None:
         try:
-            challenger = await asyncio.gather(*(self._score_challenger(p) for p in pieces))
-        except Exception:
+            challenger = await asyncio.gather(*(self._score_challenger(piece.spectra) for piece in champion))
+            path = await asyncio.to_thread(self.shadow.record, uuid.uuid4().hex, champion, challenger)
+        except Exception:  # a failed comparison must never touch the champion's answers
             log.exception("shadow scoring failed")
             return
-        request_id = uuid.uuid4().hex
-        for piece, (ours_model, ours), (theirs_model, theirs) in zip(pieces, champion, challenger, strict=True):
-            targetid = [int(t) if h else None for t, h in zip(piece.targetid, piece.has_targetid, strict=True)]
-            path = await asyncio.to_thread(
-                self.shadow.record, request_id, targetid, (ours_model.version, ours), (theirs_model.version, theirs)
-            )
         log.info(
-            "shadow %s: %d spectra, champion v%s / challenger v%s → %s",
-            request_id,
-            len(spectra),
-            champion[0][0].version,
-            challenger[0][0].version,
-            path,
+            "shadow: champion v%s / challenger v%s → %s", champion[0].model.version, challenger[0].model.version, path
         )
 
 
-def build_app(settings: ServiceSettings, *, num_gpus: float | None = None, replicas: int = 1) -> serve.Application:
-    """The application to ``serve.run``: one GPU per replica when the device is CUDA (or ``num_gpus``)."""
-    if num_gpus is None:
-        num_gpus = 1.0 if GpuResource(device=settings.device).torch_device().type == "cuda" else 0.0
-    deployment = ScoringService.options(num_replicas=replicas, ray_actor_options={"num_cpus": 1, "num_gpus": num_gpus})
-    return deployment.bind(settings)
-
-
-APP_NAME = "qad-scoring"
+def build_app(
+    settings: ServiceSettings, *, replicas: int = 1, gpus_per_replica: float | None = None
+) -> serve.Application:
+    """The application to ``serve.run``. ``gpus_per_replica`` defaults to 1 when this process sees the
+    device as CUDA; give it explicitly when the replicas run on cluster nodes that differ from here.
+    """
+    if gpus_per_replica is None:
+        gpus_per_replica = 1.0 if GpuResource(device=settings.device).torch_device().type == "cuda" else 0.0
+    options = {"num_cpus": 1, "num_gpus": gpus_per_replica}
+    return ScoringService.options(num_replicas=replicas, ray_actor_options=options).bind(settings)
 
 
 def start(
@@ -330,16 +323,20 @@ def start(
     host: str = "127.0.0.1",
     port: int = 8000,
     replicas: int = 1,
+    gpus_per_replica: float | None = None,
     ray_address: str | None = None,
     blocking: bool = False,
 ) -> str:
     """Run the service on Ray Serve (this process's Ray, else ``ray_address``, else a new local Ray);
     returns its base URL. ``blocking`` serves until interrupted.
     """
+    if replicas > 1 and settings.poll_seconds <= 0:
+        raise ValueError("POST /reload reaches one replica: with several, poll the registry (poll_seconds > 0)")
     if not ray.is_initialized():
         ray.init(address=ray_address, include_dashboard=False, configure_logging=False)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(settings, replicas=replicas), name=APP_NAME, route_prefix="/", blocking=blocking)
+    application = build_app(settings, replicas=replicas, gpus_per_replica=gpus_per_replica)
+    serve.run(application, name=APP_NAME, route_prefix="/", blocking=blocking)
     return f"http://{host}:{port}"
 
 

@@ -10,19 +10,22 @@ is wrong.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from fastapi import HTTPException
 from pydantic import ValidationError
 
 from qad_assets.science import ledger
-from qad_assets.science.desi_io import DesiFormatError, read_spectra_file
+from qad_assets.science.desi_io import QsoCatalog, read_spectra_file
 from qad_assets.science.observed_spectra import SpectrumError, normalize_observed, observed_spectrum
 from qad_assets.science.rest_frame import normalized_table, spectra_to_numpy
 from qad_assets.science.scoring_model import SCORE_COLUMNS
+from qad_assets.service.registry import LoadedModel
 from qad_assets.service.schema import NotScored, ScoreRequest, SpectrumScore
 
 #: Release name given to an uploaded coadd when the form names none.
@@ -56,7 +59,7 @@ class RestFrameSpectra:
         ]
 
 
-def spectra_from_json(body: bytes, *, max_spectra: int) -> RestFrameSpectra:
+def spectra_from_json(body: bytes, *, max_spectra: int, device: str = "cpu") -> RestFrameSpectra:
     """A ``ScoreRequest`` JSON body, checked spectrum by spectrum and moved to the rest frame."""
     try:
         request = ScoreRequest.model_validate_json(body)
@@ -74,7 +77,7 @@ def spectra_from_json(body: bytes, *, max_spectra: int) -> RestFrameSpectra:
             observed.append(observed_spectrum(i, wavelength, s.flux, s.ivar, s.redshift, s.mask))
         except SpectrumError as err:
             raise HTTPException(422, str(err)) from None
-    rest = normalize_observed(observed)
+    rest = normalize_observed(observed, device=device)
     targetid = [s.targetid for s in request.spectra]
     return RestFrameSpectra(
         flux=rest.flux,
@@ -98,7 +101,7 @@ def _validation_error(err: ValidationError) -> HTTPException:
     return HTTPException(422, shown + more)
 
 
-def _location(loc: tuple) -> str:
+def _location(loc: tuple[int | str, ...]) -> str:
     text = ""
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
@@ -106,37 +109,40 @@ def _location(loc: tuple) -> str:
 
 
 def spectra_from_coadd(
-    coadd: bytes,
-    redrock: bytes | None,
+    coadd: BinaryIO,
+    redrock: BinaryIO | None,
     *,
     filename: str,
     release: str | None,
-    qso_catalog: str | None,
+    qso_catalog: QsoCatalog | None,
+    device: str = "cpu",
 ) -> tuple[RestFrameSpectra, list[NotScored]]:
     """An uploaded DESI coadd (+ its redrock file) read as ``raw_spectra`` reads one: the quasars to
-    score, and every other FIBERMAP row with its ledger reason.
+    score, and every other FIBERMAP row with its ledger reason. With a QSO catalogue the catalogue
+    selects quasars and gives redshifts, as in the pipeline. ``filename`` only names the file in messages.
     """
     if redrock is None and qso_catalog is None:
         raise HTTPException(422, "an uploaded coadd needs its redrock file (form field 'redrock') for redshifts")
-    name = Path(filename or "coadd.fits").name
     with tempfile.TemporaryDirectory(prefix="qad-upload-") as tmp:
-        coadd_path = Path(tmp) / name
-        coadd_path.write_bytes(coadd)
-        redrock_path = None
-        if redrock is not None:
-            redrock_path = Path(tmp) / f"redrock-of-{name}"
-            redrock_path.write_bytes(redrock)
-        try:
-            result = read_spectra_file(
-                coadd_path, redrock_path, release=release or UPLOAD_RELEASE, qso_catalog=qso_catalog, archive_root=tmp
-            )
-        except DesiFormatError as err:
-            raise HTTPException(422, f"{name}: {err.reason}") from None
+        paths = {"coadd": Path(tmp) / "coadd.fits", "redrock": Path(tmp) / "redrock.fits"}
+        for name, upload in (("coadd", coadd), ("redrock", redrock)):
+            if upload is not None:
+                upload.seek(0)
+                with paths[name].open("wb") as out:
+                    shutil.copyfileobj(upload, out)
+        result = read_spectra_file(
+            paths["coadd"],
+            paths["redrock"] if redrock is not None else None,
+            release=release or UPLOAD_RELEASE,
+            qso_catalog=qso_catalog,
+            archive_root=tmp,
+        )
     failure = ledger.file_failure_reason(result.ledger)
     if failure is not None:
-        raise HTTPException(422, f"{name} is not a readable DESI coadd + redrock pair: {failure}")
+        shown = Path(filename).name or "the upload"
+        raise HTTPException(422, f"{shown} is not a readable DESI coadd + redrock pair: {failure}")
     raw = result.spectra
-    rest = normalized_table(raw)
+    rest = normalized_table(raw, device=device)
     rows = result.ledger.to_pydict()
     kept = [r for r, status in zip(rows["row"], rows["status"], strict=True) if status == ledger.KEPT]
     not_scored = [
@@ -157,22 +163,34 @@ def spectra_from_coadd(
     return spectra, not_scored
 
 
-def response_rows(
-    spectra: RestFrameSpectra, scores: dict[str, np.ndarray], name: str, version: str
-) -> list[SpectrumScore]:
-    """One ``SpectrumScore`` per spectrum; NaN (undefined) becomes null."""
-    columns = {key: scores[key].tolist() for key in (*SCORE_COLUMNS, "snr")}
-    return [
-        SpectrumScore(
-            index=int(spectra.index[i]),
-            targetid=int(spectra.targetid[i]) if spectra.has_targetid[i] else None,
-            **{key: _json_value(values[i]) for key, values in columns.items()},
-            low_coverage=bool(spectra.low_coverage[i]),
-            model_name=name,
-            model_version=version,
-        )
-        for i in range(len(spectra))
-    ]
+@dataclass(frozen=True)
+class ScoredPiece:
+    """Spectra of one request (a piece of at most one forward pass), the model that scored them, and
+    their scores (arrays of ``ScoringModel.score``).
+    """
+
+    spectra: RestFrameSpectra
+    model: LoadedModel
+    scores: dict[str, np.ndarray]
+
+
+def response_rows(pieces: list[ScoredPiece]) -> list[SpectrumScore]:
+    """One ``SpectrumScore`` per spectrum, in request order; NaN (undefined) becomes null."""
+    rows = []
+    for piece in pieces:
+        spectra, columns = piece.spectra, {key: piece.scores[key].tolist() for key in (*SCORE_COLUMNS, "snr")}
+        rows += [
+            SpectrumScore(
+                index=int(spectra.index[i]),
+                targetid=int(spectra.targetid[i]) if spectra.has_targetid[i] else None,
+                **{key: _json_value(values[i]) for key, values in columns.items()},
+                low_coverage=bool(spectra.low_coverage[i]),
+                model_name=piece.model.name,
+                model_version=piece.model.version,
+            )
+            for i in range(len(spectra))
+        ]
+    return rows
 
 
 def _json_value(value: float | int | str) -> float | int | str | None:

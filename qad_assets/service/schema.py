@@ -24,7 +24,7 @@ class SpectrumIn(BaseModel):
     ivar: list[float] = Field(max_length=MAX_PIXELS, description="inverse variance of flux, ≥ 0 (0 = no data)")
     mask: list[int] | None = Field(default=None, max_length=MAX_PIXELS, description="DESI mask: 0 good, else bad")
     redshift: float = Field(description=f"quasar redshift, {Z_RANGE[0]:g} to {Z_RANGE[1]:g}")
-    targetid: int | None = Field(default=None, description="DESI TARGETID, echoed back")
+    targetid: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="DESI TARGETID, echoed back")
 
 
 class ScoreRequest(BaseModel):
