@@ -100,7 +100,7 @@ def free_port() -> int:
 
 
 def start_server(storage: Path, port: int, replicas: int, log: Path) -> subprocess.Popen:
-    command = [*QAD, "serve", "--storage", str(storage), "--port", str(port), "--poll-seconds", "0"]
+    command = [*QAD, "serve", "--storage", str(storage), "--port", str(port), "--poll-seconds", "3600"]
     command += ["--replicas", str(replicas)]
     server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
