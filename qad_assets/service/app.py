@@ -52,6 +52,8 @@ BATCH_WAIT_S = 0.005
 MAX_ONGOING_REQUESTS = 256
 #: Uploads parsed at once per replica (each holds its body, up to max_upload_bytes, in memory).
 MAX_CONCURRENT_UPLOADS = 2
+#: Seconds a request body may take to arrive (a stalled upload must not hold an upload slot forever).
+BODY_TIMEOUT_S = 600.0
 #: Shadow scorings in flight per replica; beyond this a request is not shadowed (counted as skipped).
 MAX_SHADOW_IN_FLIGHT = 32
 
@@ -81,7 +83,8 @@ ERROR_MEANINGS = {
     413: "body larger than max_json_bytes / max_upload_bytes, or more spectra than max_spectra",
     415: "neither application/json nor multipart/form-data",
     422: "a spectrum or file that cannot be scored, and why",
-    503: "no champion model in the registry (yet), or the registry cannot be read",
+    408: "the body did not arrive in time",
+    503: "no champion model in the registry (yet); for /reload, the registry could not be read",
 }
 
 
@@ -192,7 +195,7 @@ class ScoringService:
     @app.post(
         "/score",
         response_model=ScoreResponse,
-        responses=_errors(400, 413, 415, 422, 503),
+        responses=_errors(400, 408, 413, 415, 422, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -209,7 +212,7 @@ class ScoringService:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         not_scored = []
         if kind == "application/json":
-            body = await self._read_body(request, self.settings.max_json_bytes)
+            body = b"".join(await self._read_body(request, self.settings.max_json_bytes))
             spectra = await asyncio.to_thread(
                 spectra_from_json, body, max_spectra=self.settings.max_spectra, device=self.device
             )
@@ -233,25 +236,32 @@ class ScoringService:
             )
         return loaded
 
-    async def _read_body(self, request: Request, limit: int) -> bytes:
-        """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    async def _read_body(self, request: Request, limit: int) -> list[bytes]:
+        """The body as received (a list of chunks), refused with 413 as soon as it is known to exceed
+        ``limit`` bytes, and with 408 when it takes longer than ``BODY_TIMEOUT_S`` to arrive.
+        """
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise HTTPException(413, f"body of {int(declared)} bytes; at most {limit}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"body larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise HTTPException(413, f"body larger than {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise HTTPException(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+        return chunks
 
     async def _spectra_from_upload(self, request: Request) -> tuple[RestFrameSpectra, list]:
         """The form's ``coadd`` (+ ``redrock``, ``release``), read as ``raw_spectra`` reads a coadd."""
-        body = await self._read_body(request, self.settings.max_upload_bytes)
+        chunks = await self._read_body(request, self.settings.max_upload_bytes)
 
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
+        async def replay() -> dict[str, Any]:  # the chunks as they came: the parser never holds a second copy
+            body = chunks.pop(0) if chunks else b""
+            return {"type": "http.request", "body": body, "more_body": bool(chunks)}
 
         try:
             async with Request(request.scope, replay).form(max_files=2, max_fields=2) as form:
@@ -284,7 +294,10 @@ class ScoringService:
 
     def _maybe_shadow(self, champion: list[ScoredPiece]) -> None:
         """With probability ``shadow_fraction``, score the request with the challenger in the background."""
-        if self.models.get(CHALLENGER) is None or self._sample.random() >= self.settings.shadow_fraction:
+        challenger = self.models.get(CHALLENGER)
+        if challenger is None or challenger.version == champion[0].model.version:  # nothing to compare
+            return
+        if self._sample.random() >= self.settings.shadow_fraction:
             return
         if len(self._shadows_in_flight) >= MAX_SHADOW_IN_FLIGHT:  # the challenger is behind: drop, don't queue
             self.shadow.skipped += 1
@@ -341,5 +354,5 @@ def start(
 
 
 def stop() -> None:
-    """Remove the application and Serve's proxy and controller (Ray itself stays up)."""
-    serve.shutdown()
+    """Remove this application; other Serve applications (on a shared cluster) and Ray stay up."""
+    serve.delete(APP_NAME)
