@@ -25,12 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from qad_assets.science.baselines import IsolationForestBaseline, PcaBaseline
 from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.desi_io import read_spectra_file
 from qad_assets.science.evaluation import (
     METHODS,
     detection_metrics,
@@ -40,11 +38,11 @@ from qad_assets.science.evaluation import (
     top_jaccard,
 )
 from qad_assets.science.injection import injection_set
-from qad_assets.science.parquet_store import read_table
-from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask, normalized_table, spectra_to_numpy
+from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask
 from qad_assets.science.scoring import Scorer, fit_scorer, score_spectra, spectrum_snr
 from qad_assets.science.training import SpectraArrays, TrainOptions, select_rows, train_vae
 from qad_assets.science.vae import SpectrumVAE, VaeConfig
+from qad_assets.science.validation import read_demo_spectra
 
 
 @dataclass(frozen=True)
@@ -60,24 +58,8 @@ class Release:
 
 
 def load_release(root: Path, seed: int) -> Release:
-    demo = write_demo_release(root, seed=seed)
-    tables = [
-        normalized_table(read_spectra_file(c, r, release=demo.release).spectra)
-        for c, r in zip(demo.coadd_paths, demo.redrock_paths, strict=True)
-    ]
-    table = pa.concat_tables(tables)
-    truth = read_table(demo.truth_path, columns=["TARGETID", "anomaly_class"])
-    cls_of = dict(zip(truth["TARGETID"].to_pylist(), truth["anomaly_class"].to_pylist(), strict=True))
-    targetid = table["TARGETID"].to_numpy()
-    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
-    return Release(
-        targetid=targetid,
-        flux=flux,
-        ivar=ivar,
-        z=table["Z"].to_numpy(),
-        snr=spectrum_snr(flux, ivar, REST_GRID),
-        anomaly_class=np.asarray([cls_of[t] or "" for t in targetid.tolist()]),
-    )
+    spectra, classes = read_demo_spectra(write_demo_release(root, seed=seed))
+    return Release(spectra.targetid, spectra.flux, spectra.ivar, spectra.z, spectra.snr, anomaly_class=classes)
 
 
 def train(release: Release, seed: int, epochs: int) -> SpectrumVAE:

@@ -20,11 +20,9 @@ from scipy.stats import kstest
 
 from qad_assets.science.baselines import IsolationForestBaseline, PcaBaseline
 from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.desi_io import read_spectra_file
 from qad_assets.science.evaluation import detection_metrics, metrics_by, metrics_report, spearman, top_jaccard
 from qad_assets.science.injection import INJECTION_CLASSES, injection_set, scale_signal, shift_spectra
-from qad_assets.science.parquet_store import read_table
-from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask, normalized_table, spectra_to_numpy
+from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask
 from qad_assets.science.scoring import (
     REGION_NAMES,
     Scorer,
@@ -36,6 +34,7 @@ from qad_assets.science.scoring import (
 from qad_assets.science.spectral_features import pixels
 from qad_assets.science.training import SpectraArrays, TrainOptions, select_rows, train_vae
 from qad_assets.science.vae import SpectrumVAE, VaeConfig
+from qad_assets.science.validation import read_demo_spectra
 
 MODEL_VAL_FRACTION = 0.3  # the model never sees hash < 0.3
 SCORER_VAL_FRACTION = 0.15  # the scorer calibrates on hash < 0.15; 0.15–0.3 is the test band
@@ -72,23 +71,8 @@ class Fitted:
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
     demo = write_demo_release(tmp_path_factory.mktemp("scoring_demo"), n_pixels=3, targets_per_pixel=300, seed=3)
-    table = pa.concat_tables(
-        normalized_table(read_spectra_file(c, r, release=demo.release).spectra)
-        for c, r in zip(demo.coadd_paths, demo.redrock_paths, strict=True)
-    )
-    truth = read_table(demo.truth_path, columns=["TARGETID", "anomaly_class"])
-    classes = zip(truth["TARGETID"].to_pylist(), truth["anomaly_class"].to_pylist(), strict=True)
-    anomalous = {t for t, c in classes if c}
-    targetid = table["TARGETID"].to_numpy()
-    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
-    return Release(
-        targetid=targetid,
-        flux=flux,
-        ivar=ivar,
-        z=table["Z"].to_numpy(),
-        snr=spectrum_snr(flux, ivar, REST_GRID),
-        normal=np.asarray([t not in anomalous for t in targetid.tolist()]),
-    )
+    spectra, classes = read_demo_spectra(demo)
+    return Release(spectra.targetid, spectra.flux, spectra.ivar, spectra.z, spectra.snr, normal=classes == "")
 
 
 @pytest.fixture(scope="module")

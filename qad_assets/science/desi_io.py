@@ -703,6 +703,14 @@ def _all_finite(values: np.ndarray) -> bool:
     return values.size == 0 or bool(np.isfinite(values.min()) and np.isfinite(values.max()))
 
 
+def bad_pixels(flux: np.ndarray, ivar: np.ndarray, unmasked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ingestion's pixel rules, per pixel: (``nonfinite``: NaN/inf ivar where the mask is 0, or NaN/inf
+    flux where also ivar > 0; ``negative_ivar``: ivar < 0 anywhere). A row with either is quarantined.
+    """
+    nonfinite = unmasked & (~np.isfinite(ivar) | ((ivar > 0) & ~np.isfinite(flux)))
+    return nonfinite, ivar < 0
+
+
 def _pixel_reasons(arms: CoaddArms, rows: np.ndarray | None, good: np.ndarray) -> np.ndarray:
     """Per candidate row: ``nonfinite``, ``negative_ivar``, ``no_good_pixels`` or ''."""
     n = good.shape[0]
@@ -713,10 +721,9 @@ def _pixel_reasons(arms: CoaddArms, rows: np.ndarray | None, good: np.ndarray) -
         if _all_finite(f) and _all_finite(iv) and (iv.size == 0 or iv.min() >= 0):
             continue  # the usual case, decided by four SIMD reductions over the whole arm
         f, iv = _block(f, rows, 0, f.shape[1]), _block(iv, rows, 0, iv.shape[1])
-        unmasked = _block(arms.mask[arm], rows, 0, f.shape[1]) == 0
-        bad = unmasked & (~np.isfinite(iv) | ((iv > 0) & ~np.isfinite(f)))
+        bad, below_zero = bad_pixels(f, iv, _block(arms.mask[arm], rows, 0, f.shape[1]) == 0)
         nonfinite |= bad.any(axis=1)
-        negative |= (iv < 0).any(axis=1)
+        negative |= below_zero.any(axis=1)
     reasons = np.full(n, "", dtype=object)
     _flag(reasons, nonfinite, "nonfinite", lambda r: ["NaN/inf flux or ivar at a good pixel"] * r.size)
     _flag(reasons, negative, "negative_ivar")

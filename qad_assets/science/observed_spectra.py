@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from qad_assets.science import ledger
+from qad_assets.science.desi_io import bad_pixels
 from qad_assets.science.rest_frame import REST_GRID, NormalizedBatch, RestFrameGrid, normalize_batch
 
 #: Redshifts a spectrum may be scored at. Above z ≈ 6 DESI's band (3600–9824 Å) leaves fewer than
@@ -111,16 +112,12 @@ def _mask_is_zero(index: int, mask: np.ndarray) -> np.ndarray:
 
 
 def _check_pixels(index: int, flux: np.ndarray, ivar: np.ndarray, unmasked: np.ndarray) -> None:
-    """Ingestion's pixel rules in its order (``desi_io._pixel_reasons``): non-finite, then negative ivar."""
-    for name, bad in (
-        ("ivar", unmasked & ~np.isfinite(ivar)),
-        ("flux", unmasked & (ivar > 0) & ~np.isfinite(flux)),
-    ):
-        if bad.any():
-            pixel = int(np.argmax(bad))
-            value = (ivar if name == "ivar" else flux)[pixel]
-            raise SpectrumError(index, ledger.reason("nonfinite", f"{name}[{pixel}] = {value} at a good pixel"))
-    negative = ivar < 0
+    """Ingestion's pixel rules (:func:`~qad_assets.science.desi_io.bad_pixels`), in its order."""
+    nonfinite, negative = bad_pixels(flux, ivar, unmasked)
+    if nonfinite.any():
+        pixel = int(np.argmax(nonfinite))
+        name, value = ("flux", flux[pixel]) if np.isfinite(ivar[pixel]) else ("ivar", ivar[pixel])
+        raise SpectrumError(index, ledger.reason("nonfinite", f"{name}[{pixel}] = {value} at a good pixel"))
     if negative.any():
         pixel = int(np.argmax(negative))
         raise SpectrumError(index, ledger.reason("negative_ivar", f"ivar[{pixel}] = {ivar[pixel]}"))

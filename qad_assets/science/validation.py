@@ -15,11 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qad_assets.science.baselines import IsolationForestBaseline, PcaBaseline
+from qad_assets.science.demo_release import DemoRelease
+from qad_assets.science.desi_io import read_spectra_file
 from qad_assets.science.evaluation import detection_metrics, metrics_report, spearman, top_jaccard
 from qad_assets.science.injection import injection_set
 from qad_assets.science.parquet_store import read_table
 from qad_assets.science.report import Gallery
-from qad_assets.science.rest_frame import REST_GRID, RestFrameGrid, lya_forest_mask, spectra_to_numpy
+from qad_assets.science.rest_frame import REST_GRID, RestFrameGrid, lya_forest_mask, normalized_table, spectra_to_numpy
 from qad_assets.science.scoring import Scorer, fit_scorer, score_spectra, spectrum_snr
 from qad_assets.science.training import SpectraArrays, TrainOptions, select_rows, train_vae
 from qad_assets.science.vae import SpectrumVAE, VaeConfig, reconstruct
@@ -41,6 +43,12 @@ class ReleaseSpectra:
     def take(self, rows: np.ndarray) -> ReleaseSpectra:
         return ReleaseSpectra(self.targetid[rows], self.flux[rows], self.ivar[rows], self.z[rows], self.snr[rows])
 
+    @classmethod
+    def from_table(cls, table: pa.Table, grid: RestFrameGrid = REST_GRID) -> ReleaseSpectra:
+        """From ``normalized_spectra`` rows (TARGETID, Z, flux, ivar); S/N measured as scoring measures it."""
+        flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
+        return cls(table["TARGETID"].to_numpy(), flux, ivar, table["Z"].to_numpy(), spectrum_snr(flux, ivar, grid))
+
 
 def load_release_spectra(paths: Sequence[Path], *, max_rows: int, grid: RestFrameGrid = REST_GRID) -> ReleaseSpectra:
     """The first ``max_rows`` spectra of the partitions (in path order): bounded memory on any release."""
@@ -51,15 +59,21 @@ def load_release_spectra(paths: Sequence[Path], *, max_rows: int, grid: RestFram
         table = read_table(path, columns=["TARGETID", "Z", "flux", "ivar"]).slice(0, max_rows - rows)
         tables.append(table)
         rows += table.num_rows
-    table = pa.concat_tables(tables)
-    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
-    return ReleaseSpectra(
-        targetid=table["TARGETID"].to_numpy(),
-        flux=flux,
-        ivar=ivar,
-        z=table["Z"].to_numpy(),
-        snr=spectrum_snr(flux, ivar, grid),
+    return ReleaseSpectra.from_table(pa.concat_tables(tables), grid)
+
+
+def read_demo_spectra(demo: DemoRelease) -> tuple[ReleaseSpectra, np.ndarray]:
+    """Every kept quasar of a demo release, normalized as the pipeline normalizes it, and its truth
+    ``anomaly_class`` per row ('' for a normal quasar): the fixture of tests and benchmarks.
+    """
+    table = pa.concat_tables(
+        normalized_table(read_spectra_file(c, r, release=demo.release).spectra)
+        for c, r in zip(demo.coadd_paths, demo.redrock_paths, strict=True)
     )
+    truth = read_table(demo.truth_path, columns=["TARGETID", "anomaly_class"])
+    class_of = dict(zip(truth["TARGETID"].to_pylist(), truth["anomaly_class"].to_pylist(), strict=True))
+    classes = np.asarray([class_of[t] or "" for t in table["TARGETID"].to_pylist()])
+    return ReleaseSpectra.from_table(table), classes
 
 
 def fit_baselines(spectra: ReleaseSpectra, val_fraction: float) -> tuple[PcaBaseline, IsolationForestBaseline]:
