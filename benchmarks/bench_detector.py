@@ -8,7 +8,7 @@ both baselines, and prints:
 * AUROC / AUPRC / recall in the top 1 % of the labelled anomalies, overall and per class, for the
   VAE score, the PCA χ² and the isolation forest;
 * Spearman ρ(score, S/N) on the normal quasars, and the top-1 % Jaccard index between the two seeds;
-* AUROC per injected class × strength (:mod:`~qad_assets.science.injection`, on held-out normals);
+* AUROC per injected class × strength (:mod:`~qad_assets.science.validation.injection`, on held-out normals);
 * scoring throughput on this machine's CPU.
 
 Run: ``.venv/bin/python benchmarks/bench_detector.py [--epochs 40] [--json metrics.json]`` (≈ 10 min on
@@ -27,9 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qad_assets.science.baselines import IsolationForestBaseline, PcaBaseline
-from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.evaluation import (
+from qad_assets.demo import read_demo_spectra
+from qad_assets.demo.release import write_demo_release
+from qad_assets.science.model.scoring import Scorer, fit_scorer, score_spectra
+from qad_assets.science.model.split import select_rows
+from qad_assets.science.model.training import SpectraArrays, TrainOptions, train_vae
+from qad_assets.science.model.vae import SpectrumVAE, VaeConfig
+from qad_assets.science.spectra.rest_frame import REST_GRID, lya_forest_mask
+from qad_assets.science.spectra.snr import spectrum_snr
+from qad_assets.science.validation.baselines import IsolationForestBaseline, PcaBaseline
+from qad_assets.science.validation.evaluation import (
     METHODS,
     detection_metrics,
     metrics_by,
@@ -37,12 +44,7 @@ from qad_assets.science.evaluation import (
     spearman,
     top_jaccard,
 )
-from qad_assets.science.injection import injection_set
-from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask
-from qad_assets.science.scoring import Scorer, fit_scorer, score_spectra, spectrum_snr
-from qad_assets.science.training import SpectraArrays, TrainOptions, select_rows, train_vae
-from qad_assets.science.vae import SpectrumVAE, VaeConfig
-from qad_assets.science.validation import read_demo_spectra
+from qad_assets.science.validation.injection import injection_set
 
 
 @dataclass(frozen=True)

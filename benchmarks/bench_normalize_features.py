@@ -59,18 +59,15 @@ from desispec.interpolation import resample_flux  # noqa: E402  (imported here: 
 
 torch.set_num_threads(1)
 
-from qad_assets.science import rest_frame  # noqa: E402
-from qad_assets.science.demo_release import write_demo_release  # noqa: E402
-from qad_assets.science.desi_archive import HealpixCoadd, find_healpix_coadds, list_specprods  # noqa: E402
-from qad_assets.science.desi_io import BRZ_WAVE, read_spectra_file  # noqa: E402
-from qad_assets.science.rest_frame import (  # noqa: E402
-    REST_GRID,
-    normalize_batch,
-    normalized_table,
-    resample_to_rest,
-    spectra_to_numpy,
-)
-from qad_assets.science.spectral_features import spectral_features  # noqa: E402
+from qad_assets.demo.release import write_demo_release  # noqa: E402
+from qad_assets.science.io.archive import HealpixCoadd, find_healpix_coadds, list_specprods  # noqa: E402
+from qad_assets.science.io.spectra_file import read_spectra_file  # noqa: E402
+from qad_assets.science.spectra import resampling  # noqa: E402
+from qad_assets.science.spectra.arms import BRZ_WAVE  # noqa: E402
+from qad_assets.science.spectra.features import spectral_features  # noqa: E402
+from qad_assets.science.spectra.normalization import normalize_batch, normalized_table, spectra_to_numpy  # noqa: E402
+from qad_assets.science.spectra.resampling import resample_to_rest  # noqa: E402
+from qad_assets.science.spectra.rest_frame import NORM_MIN_WAVE, REST_GRID  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PANDAS_REFERENCE = REPO / "tests" / "test_spectral_features.py"
@@ -188,7 +185,7 @@ def desispec_normalize(raw: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """The peer: desispec ``resample_flux`` on de-redshifted wavelengths, then the median normalization
     (good pixels redward of 1250 Å), one spectrum at a time. Returns normalized flux, ivar and scale."""
     a = Arrays.of(raw)
-    red_side = REST_GRID.wave >= rest_frame.NORM_MIN_WAVE
+    red_side = REST_GRID.wave >= NORM_MIN_WAVE
     n = len(a.z)
     out_flux, out_ivar, out_scale = np.zeros((n, REST_GRID.npix)), np.zeros((n, REST_GRID.npix)), np.ones(n)
     for i in range(n):
@@ -382,7 +379,7 @@ def measure(root: Path, args: argparse.Namespace) -> Results:
     arrays = [Arrays.of(t) for t in raw]
     compile_s = jit_compile_seconds(raw[0])
     first_pass = time_normalized_table(raw, 1)  # not in the table: allocator and caches still cold
-    kernel = rest_frame._numba_kernel
+    kernel = resampling._numba_kernel
     signatures = len(kernel.signatures) if kernel is not None else 0
     batch = time_normalize_batch(arrays, args.repeats)
     resample = time_resample(arrays, args.repeats)

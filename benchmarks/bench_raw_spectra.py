@@ -24,10 +24,10 @@ os.environ.setdefault("DESI_LOGLEVEL", "WARNING")
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from qad_assets.science.demo_release import write_demo_release  # noqa: E402
-from qad_assets.science.desi_archive import find_healpix_coadds, list_specprods  # noqa: E402
-from qad_assets.science.desi_io import read_spectra_file  # noqa: E402
-from qad_assets.science.parquet_store import write_table_atomic  # noqa: E402
+from qad_assets.demo.release import write_demo_release  # noqa: E402
+from qad_assets.science.io.archive import find_healpix_coadds, list_specprods  # noqa: E402
+from qad_assets.science.io.parquet_store import write_table_atomic  # noqa: E402
+from qad_assets.science.io.spectra_file import read_spectra_file  # noqa: E402
 
 
 def ours(coadds, out: Path) -> tuple[int, float, float]:

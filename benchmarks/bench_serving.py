@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from qad_assets.science.parquet_store import read_table
+from qad_assets.science.io.parquet_store import read_table
 from qad_assets.service.client import score_request
 
 QAD = [sys.executable, "-m", "qad_assets.cli"]

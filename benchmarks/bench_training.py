@@ -18,11 +18,12 @@ import pyarrow as pa
 import torch
 
 from qad_assets.assets.vae_model import VaeTrainingConfig
-from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.desi_io import read_spectra_file
-from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask, normalized_table, spectra_to_numpy
-from qad_assets.science.training import SpectraArrays, train_vae
-from qad_assets.science.vae import SpectrumVAE
+from qad_assets.demo.release import write_demo_release
+from qad_assets.science.io.spectra_file import read_spectra_file
+from qad_assets.science.model.training import SpectraArrays, train_vae
+from qad_assets.science.model.vae import SpectrumVAE
+from qad_assets.science.spectra.normalization import normalized_table, spectra_to_numpy
+from qad_assets.science.spectra.rest_frame import REST_GRID, lya_forest_mask
 
 
 def training_flops_per_spectrum(model: SpectrumVAE) -> float:

@@ -10,7 +10,7 @@ from qad_assets.partitions import (
     release_partitions,
     spectra_partitions,
 )
-from qad_assets.science.desi_archive import list_specprods
+from qad_assets.science.io.archive import list_specprods
 from resources.archive import ArchiveResource
 
 

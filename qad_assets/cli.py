@@ -18,15 +18,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from qad_assets.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTANCE_TEMPLATE = REPO_ROOT / "dagster.yaml"
 SETTINGS_FILE = "qad-settings.json"
 #: The pipeline as runs, in order: (job, partitioned by spectra partitions rather than by release).
 PIPELINE = (("qad_spectra", True), ("qad_train", False), ("qad_score", True), ("qad_report", False))
-
-
-class UserError(Exception):
-    """A problem the user can fix (a path, an option); printed without a traceback."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ def prepare_instance_home(storage: Path) -> Path:
 def find_partitions(archive: str, release: str | None, specprod: str | None) -> tuple[str, str, list[str]]:
     """(release, specprod, partition keys) of the healpix coadds found in ``archive``."""
     from qad_assets.partitions import archive_partition_keys
-    from qad_assets.science.desi_archive import list_specprods
+    from qad_assets.science.io.archive import list_specprods
 
     specprods = list_specprods(archive)
     if specprod is None:
@@ -242,7 +240,7 @@ def run_pipeline(settings: RunSettings, release: str | None) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from qad_assets.science.demo_release import write_demo_release
+    from qad_assets.demo.release import write_demo_release
 
     storage = storage_root(args.storage)
     archive = storage / "demo_archive"

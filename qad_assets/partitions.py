@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from qad_assets.science.desi_archive import find_healpix_coadds
+from qad_assets.science.io.archive import find_healpix_coadds
 
 spectra_partitions = dg.DynamicPartitionsDefinition(name="spectra_partitions")
 release_partitions = dg.DynamicPartitionsDefinition(name="releases")

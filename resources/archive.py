@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from qad_assets.partitions import SpectraPartition
-from qad_assets.science.desi_archive import HealpixCoadd, healpix_coadd
+from qad_assets.science.io.archive import HealpixCoadd, healpix_coadd
 
 
 class ArchiveResource(dg.ConfigurableResource):

@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from qad_assets.science import vae_pyfunc
+from qad_assets.science.model import pyfunc as vae_pyfunc
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"

@@ -9,7 +9,7 @@ import pytest
 from jobs.schedules import nightly_pipeline
 from jobs.sensors import new_release_partitions
 from qad_assets.partitions import contiguous_ranges, release_partitions, spectra_partitions
-from qad_assets.science.desi_archive import healpix_coadd
+from qad_assets.science.io.archive import healpix_coadd
 from resources.archive import ArchiveResource
 
 

@@ -47,11 +47,11 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.desi_io import BRZ_WAVE, read_spectra_file
-from qad_assets.science.parquet_store import read_table
-from qad_assets.science.rest_frame import C_KMS, REST_GRID, normalized_table, spectra_to_numpy
-from qad_assets.science.spectral_features import (
+from qad_assets.demo.release import write_demo_release
+from qad_assets.science.io.parquet_store import read_table
+from qad_assets.science.io.spectra_file import read_spectra_file
+from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.features import (
     BAL_LINES,
     BAL_VMAX_BI,
     BAL_VMIN,
@@ -60,6 +60,8 @@ from qad_assets.science.spectral_features import (
     pixels,
     spectral_features,
 )
+from qad_assets.science.spectra.normalization import normalized_table, spectra_to_numpy
+from qad_assets.science.spectra.rest_frame import C_KMS, REST_GRID
 
 # 2 × 600 rows with 40% anomalies: 60 BAL quasars (classes cycle over eight) and ~350 normal quasars.
 N_PIXELS, TARGETS_PER_PIXEL, ANOMALY_FRACTION, SEED = 2, 600, 0.4, 0

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from qad_assets.definitions import defs
-from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.parquet_store import read_table, write_table_atomic
+from qad_assets.demo.release import write_demo_release
+from qad_assets.science.io.parquet_store import read_table, write_table_atomic
 
 
 @pytest.fixture

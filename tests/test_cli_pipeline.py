@@ -9,10 +9,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from qad_assets.science import ledger
-from qad_assets.science.desi_io import RAW_SPECTRA_SCHEMA
-from qad_assets.science.parquet_store import read_table, row_count, schema_matches
-from qad_assets.science.rest_frame import NORMALIZED_SCHEMA
+from qad_assets.science.io.parquet_store import read_table, row_count, schema_matches
+from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA
+from qad_assets.science.spectra import ledger
+from qad_assets.science.spectra.normalization import NORMALIZED_SCHEMA
 
 
 def qad(*args: str) -> subprocess.CompletedProcess:

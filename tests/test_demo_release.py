@@ -10,8 +10,11 @@ import pytest
 import scipy.sparse
 from astropy.io import fits
 
-from qad_assets.science import demo_release as dr
-from qad_assets.science.parquet_store import read_table
+from qad_assets.demo import geometry, instrument, plan, release, sources
+from qad_assets.demo.release import DemoRelease, write_demo_release
+from qad_assets.science.io.parquet_store import read_table
+from qad_assets.science.io.spectra_file import read_spectra_file
+from qad_assets.science.spectra.arms import BRZ_WAVE
 
 ARM_GRIDS = {"B": (3600.0, 5800.0, 2751), "R": (5760.0, 7620.0, 2326), "Z": (7520.0, 9824.0, 2881)}
 COADD_HDUS = ["PRIMARY", "FIBERMAP", "EXP_FIBERMAP"] + [
@@ -34,14 +37,14 @@ LINES = {"CIV": 1549.06, "CIII]": 1908.73, "MgII": 2798.75}
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dr.DemoRelease:
-    return dr.write_demo_release(
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRelease:
+    return write_demo_release(
         tmp_path_factory.mktemp("demo"), release="test", n_pixels=2, targets_per_pixel=200, seed=3
     )
 
 
 @pytest.fixture(scope="module")
-def truth(demo: dr.DemoRelease):
+def truth(demo: DemoRelease):
     return read_table(demo.truth_path).to_pandas()
 
 
@@ -56,10 +59,10 @@ def _merged(hdul: fits.HDUList) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 # ---- layout and format ---------------------------------------------------------------------------
-def test_layout(demo: dr.DemoRelease) -> None:
+def test_layout(demo: DemoRelease) -> None:
     expected = []
     for i, program in enumerate(["dark", "bright"]):
-        hpix = dr.FIRST_PIXEL + i
+        hpix = geometry.FIRST_PIXEL + i
         folder = demo.root / "spectro/redux/test/healpix/main" / program / str(hpix // 100) / str(hpix)
         expected.append((folder / f"coadd-main-{program}-{hpix}.fits", folder / f"redrock-main-{program}-{hpix}.fits"))
     assert demo.release == "test"
@@ -69,7 +72,7 @@ def test_layout(demo: dr.DemoRelease) -> None:
     assert not list(demo.root.rglob("*.tmp"))
 
 
-def test_coadd_format(demo: dr.DemoRelease) -> None:
+def test_coadd_format(demo: DemoRelease) -> None:
     for path in demo.coadd_paths:
         with fits.open(path) as hdul:
             assert [h.name for h in hdul] == [*COADD_HDUS, "SCORES"]
@@ -91,7 +94,7 @@ def test_coadd_format(demo: dr.DemoRelease) -> None:
                 assert wave.header["BITPIX"] == -64 and wave.header["BUNIT"] == "Angstrom"
                 assert wave.data.shape == (nwave,) and wave.data[0] == lo and wave.data[-1] == hi
                 np.testing.assert_allclose(np.diff(wave.data), 0.8, atol=1e-9)
-                for kind, unit in (("FLUX", dr.FLUX_UNIT), ("IVAR", dr.IVAR_UNIT)):
+                for kind, unit in (("FLUX", instrument.FLUX_UNIT), ("IVAR", instrument.IVAR_UNIT)):
                     hdu = hdul[f"{arm}_{kind}"]
                     assert hdu.header["BITPIX"] == -32 and hdu.header["BUNIT"] == unit
                     assert hdu.data.shape == (n, nwave)
@@ -102,10 +105,10 @@ def test_coadd_format(demo: dr.DemoRelease) -> None:
                 assert res.header["BITPIX"] == -32 and res.data.shape == (n, 11, nwave)
 
 
-def test_mask_and_resolution_content(demo: dr.DemoRelease) -> None:
+def test_mask_and_resolution_content(demo: DemoRelease) -> None:
     with fits.open(demo.coadd_paths[0]) as hdul:
         mask, ivar = hdul["R_MASK"].data, hdul["R_IVAR"].data
-        assert set(np.unique(mask)) == {0, dr.SPECMASK_COSMIC}
+        assert set(np.unique(mask)) == {0, instrument.SPECMASK_COSMIC}
         assert np.all(ivar[mask != 0] == 0)
         data = hdul["R_RESOLUTION"].data[7].astype(np.float64)
         matrix = scipy.sparse.dia_matrix((data, 5 - np.arange(11)), shape=(data.shape[1],) * 2)
@@ -115,7 +118,7 @@ def test_mask_and_resolution_content(demo: dr.DemoRelease) -> None:
         assert 0.38 < centre < 0.55  # Gaussian sigma ~0.8-1 pixel, as in real DESI coadds (0.42-0.48)
 
 
-def test_fibermap_positions_and_targetids(demo: dr.DemoRelease) -> None:
+def test_fibermap_positions_and_targetids(demo: DemoRelease) -> None:
     healpy = pytest.importorskip("healpy")
     for path in demo.coadd_paths:
         fm = fits.getdata(path, "FIBERMAP")
@@ -140,21 +143,21 @@ def test_nest_pixel_radec_matches_healpy(nside: int) -> None:
     healpy = pytest.importorskip("healpy")
     rng = np.random.default_rng(0)
     pix = rng.integers(0, 12 * nside**2, 3000)
-    ra, dec = dr.nest_pixel_radec(pix, rng.random(3000), rng.random(3000), nside=nside)
+    ra, dec = geometry.nest_pixel_radec(pix, rng.random(3000), rng.random(3000), nside=nside)
     assert np.all(healpy.ang2pix(nside, ra, dec, nest=True, lonlat=True) == pix)
-    ra_c, dec_c = dr.nest_pixel_radec(pix, 0.5, 0.5, nside=nside)
+    ra_c, dec_c = geometry.nest_pixel_radec(pix, 0.5, 0.5, nside=nside)
     hp_ra, hp_dec = healpy.pix2ang(nside, pix, nest=True, lonlat=True)
     np.testing.assert_allclose(dec_c, hp_dec, atol=1e-9)
     np.testing.assert_allclose((ra_c - hp_ra + 180) % 360 - 180, 0, atol=1e-9)
 
 
-def test_redrock_format(demo: dr.DemoRelease) -> None:
+def test_redrock_format(demo: DemoRelease) -> None:
     for coadd, redrock in zip(demo.coadd_paths, demo.redrock_paths, strict=True):
         with fits.open(redrock) as rr, fits.open(coadd) as co:
             assert [h.name for h in rr] == ["PRIMARY", "REDSHIFTS", "FIBERMAP", "EXP_FIBERMAP", "TSNR2"]
             hdr = rr[0].header
             assert hdr["RRVER"] and hdr["SPGRP"] == "healpix" and hdr["HPXPIXEL"] == int(coadd.parent.name)
-            names = {hdr[f"TEMNAM{i:02d}"]: hdr[f"TEMVER{i:02d}"] for i in range(len(dr.REDROCK_TEMPLATES))}
+            names = {hdr[f"TEMNAM{i:02d}"]: hdr[f"TEMVER{i:02d}"] for i in range(len(instrument.REDROCK_TEMPLATES))}
             assert names["QSO:::HIZ"] == "1.0" and names["GALAXY"] == "2.6"
             z = rr["REDSHIFTS"]
             assert [(c.name, c.format) for c in z.columns] == REDSHIFTS_FORMATS
@@ -166,7 +169,7 @@ def test_redrock_format(demo: dr.DemoRelease) -> None:
             assert set(np.unique(z.data["SPECTYPE"])) <= {"QSO", "GALAXY", "STAR"}
 
 
-def test_desispec_reads_and_coadds_cameras(demo: dr.DemoRelease) -> None:
+def test_desispec_reads_and_coadds_cameras(demo: DemoRelease) -> None:
     desispec_io = pytest.importorskip("desispec.io")
     from desispec.coaddition import coadd_cameras
 
@@ -176,38 +179,38 @@ def test_desispec_reads_and_coadds_cameras(demo: dr.DemoRelease) -> None:
     assert spectra.resolution_data["z"].shape[1:] == (11, 2881)
     merged = coadd_cameras(spectra[:25])
     assert merged.wave["brz"].shape == (7781,)
-    np.testing.assert_allclose(merged.wave["brz"], dr.BRZ_WAVE, atol=1e-6)
+    np.testing.assert_allclose(merged.wave["brz"], BRZ_WAVE, atol=1e-6)
     assert merged.flux["brz"].shape == (25, 7781)
 
 
 # ---- determinism ---------------------------------------------------------------------------------
-def _digests(demo: dr.DemoRelease) -> list[str]:
+def _digests(demo: DemoRelease) -> list[str]:
     paths = [*demo.coadd_paths, *demo.redrock_paths, demo.truth_path]
     return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
 
 
 def test_deterministic_bytes(tmp_path: Path) -> None:
     kwargs = {"n_pixels": 2, "targets_per_pixel": 50}
-    first = dr.write_demo_release(tmp_path / "a", seed=7, **kwargs)
-    again = dr.write_demo_release(tmp_path / "b", seed=7, **kwargs)
-    other = dr.write_demo_release(tmp_path / "c", seed=8, **kwargs)
+    first = write_demo_release(tmp_path / "a", seed=7, **kwargs)
+    again = write_demo_release(tmp_path / "b", seed=7, **kwargs)
+    other = write_demo_release(tmp_path / "c", seed=8, **kwargs)
     assert _digests(first) == _digests(again)
     assert all(a != b for a, b in zip(_digests(first), _digests(other), strict=True))
 
 
 def test_cli(tmp_path: Path) -> None:
-    dr.main([str(tmp_path), "--n-pixels", "1", "--targets-per-pixel", "45", "--seed", "2", "--release", "cli"])
+    release.main([str(tmp_path), "--n-pixels", "1", "--targets-per-pixel", "45", "--seed", "2", "--release", "cli"])
     assert (tmp_path / "truth-cli.parquet").is_file()
-    assert (tmp_path / f"spectro/redux/cli/healpix/main/dark/260/{dr.FIRST_PIXEL}").is_dir()
+    assert (tmp_path / f"spectro/redux/cli/healpix/main/dark/260/{geometry.FIRST_PIXEL}").is_dir()
 
 
 def test_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="release"):
-        dr.write_demo_release(tmp_path, release="Bad-Name")
+        write_demo_release(tmp_path, release="Bad-Name")
     with pytest.raises(ValueError, match="too small"):
-        dr.write_demo_release(tmp_path, n_pixels=1, targets_per_pixel=12)
+        write_demo_release(tmp_path, n_pixels=1, targets_per_pixel=12)
     with pytest.raises(ValueError, match="targets_per_pixel"):
-        dr.write_demo_release(tmp_path, targets_per_pixel=6000)
+        write_demo_release(tmp_path, targets_per_pixel=6000)
 
 
 # ---- truth table and the reader contract ---------------------------------------------------------
@@ -236,7 +239,7 @@ def _reference_selection(coadd: Path, redrock: Path) -> list[str]:
     return out
 
 
-def test_truth_accounts_for_every_row(demo: dr.DemoRelease, truth) -> None:
+def test_truth_accounts_for_every_row(demo: DemoRelease, truth) -> None:
     assert len(truth) == sum(fits.getheader(p, "FIBERMAP")["NAXIS2"] for p in demo.coadd_paths)
     for coadd, redrock in zip(demo.coadd_paths, demo.redrock_paths, strict=True):
         rows = truth[truth.file == coadd.relative_to(demo.root).as_posix()]
@@ -248,7 +251,7 @@ def test_truth_accounts_for_every_row(demo: dr.DemoRelease, truth) -> None:
         expected = np.where(rows.expected_status == "kept", "kept", rows.expected_reason)
         assert _reference_selection(coadd, redrock) == expected.tolist()
     quarantined = truth[truth.expected_status == "quarantined"]
-    assert quarantined.expected_reason.value_counts().to_dict() == dr.QUARANTINE_ROWS
+    assert quarantined.expected_reason.value_counts().to_dict() == plan.QUARANTINE_ROWS
     assert set(truth.true_class) == {"qso", "galaxy", "star", "sky", "unassigned", "broken"}
     assert set(truth.expected_reason[truth.expected_status == "filtered"]) == {
         "unassigned_fiber",
@@ -259,14 +262,13 @@ def test_truth_accounts_for_every_row(demo: dr.DemoRelease, truth) -> None:
     }
 
 
-def test_project_reader_agrees_with_truth(demo: dr.DemoRelease, truth) -> None:
+def test_project_reader_agrees_with_truth(demo: DemoRelease, truth) -> None:
     """End to end: the pipeline's own reader puts every row where the truth table says."""
-    desi_io = pytest.importorskip("qad_assets.science.desi_io")
-    from qad_assets.science import ledger
+    from qad_assets.science.spectra import ledger
 
     assert set(truth.expected_reason) - {""} <= ledger.FILTER_CODES | ledger.QUARANTINE_CODES
     for coadd, redrock in zip(demo.coadd_paths, demo.redrock_paths, strict=True):
-        result = desi_io.read_spectra_file(coadd, redrock, release="test", archive_root=str(demo.root))
+        result = read_spectra_file(coadd, redrock, release="test", archive_root=str(demo.root))
         book = result.ledger.to_pandas()
         rows = truth[truth.file == coadd.relative_to(demo.root).as_posix()]
         assert book.file.tolist() == rows.file.tolist()
@@ -276,10 +278,10 @@ def test_project_reader_agrees_with_truth(demo: dr.DemoRelease, truth) -> None:
         assert result.spectra.column("TARGETID").to_pylist() == kept.TARGETID.tolist()
 
 
-def test_anomalies_as_configured(demo: dr.DemoRelease, truth) -> None:
+def test_anomalies_as_configured(demo: DemoRelease, truth) -> None:
     anomalous = truth[truth.anomaly_class.notna()]
     assert len(anomalous) == 2 * round(0.05 * 200)
-    assert set(anomalous.anomaly_class) == set(dr.ANOMALY_CLASSES)
+    assert set(anomalous.anomaly_class) == set(plan.ANOMALY_CLASSES)
     assert (anomalous.expected_status == "kept").all()
     assert anomalous.anomaly_strength.between(0.1, 1.0).all() and anomalous.anomaly_detail.str.len().gt(0).all()
     assert truth.anomaly_strength[truth.anomaly_class.isna()].isna().all()
@@ -291,10 +293,10 @@ def test_anomalies_as_configured(demo: dr.DemoRelease, truth) -> None:
 
 
 def test_default_release_plan_has_every_class() -> None:
-    plans = dr._plan_release(8, 400, 0.05, seed=0)
+    plans = plan.plan_release(8, 400, 0.05, seed=0)
     classes = np.concatenate([p.anomaly for p in plans])
-    counts = {c: int((classes == c).sum()) for c in dr.ANOMALY_CLASSES}
-    assert counts == dict.fromkeys(dr.ANOMALY_CLASSES, 20)
+    counts = {c: int((classes == c).sum()) for c in plan.ANOMALY_CLASSES}
+    assert counts == dict.fromkeys(plan.ANOMALY_CLASSES, 20)
     strengths = np.concatenate([p.strength[p.anomaly == "bal"] for p in plans])
     assert strengths.min() < 0.15 and strengths.max() > 0.95
     assert [p.program for p in plans] == ["dark"] * 7 + ["bright"]
@@ -306,7 +308,7 @@ def _normal_quasars(truth):
     return truth[(truth.true_class == "qso") & (truth.expected_status == "kept") & truth.anomaly_class.isna()]
 
 
-def _rest_stack(demo: dr.DemoRelease, truth, rest: np.ndarray) -> np.ndarray:
+def _rest_stack(demo: DemoRelease, truth, rest: np.ndarray) -> np.ndarray:
     """Median de-redshifted spectrum of the normal quasars, each divided by its median flux."""
     spectra = []
     for coadd in demo.coadd_paths:
@@ -321,7 +323,7 @@ def _rest_stack(demo: dr.DemoRelease, truth, rest: np.ndarray) -> np.ndarray:
     return np.nanmedian(np.array(spectra), axis=0)
 
 
-def test_emission_lines_at_rest_wavelengths(demo: dr.DemoRelease, truth) -> None:
+def test_emission_lines_at_rest_wavelengths(demo: DemoRelease, truth) -> None:
     rest = np.arange(1300.0, 3200.0, 1.0)
     stack = np.convolve(_rest_stack(demo, truth, rest), np.ones(5) / 5, mode="same")
     for name, line in LINES.items():
@@ -331,11 +333,13 @@ def test_emission_lines_at_rest_wavelengths(demo: dr.DemoRelease, truth) -> None
         assert stack[window].max() > 1.1 * np.nanmedian(stack[np.abs(rest - line - 120) < 20])
 
 
-def test_lya_forest_mean_transmission(demo: dr.DemoRelease, truth) -> None:
+def test_lya_forest_mean_transmission(demo: DemoRelease, truth) -> None:
     """<F> in rest 1080-1160 Å, relative to the unabsorbed model, per redshift bin."""
     forest, red = np.linspace(1080, 1160, 81)[None], np.linspace(1270, 1290, 21)[None]
     intrinsic = {
-        name: (dr._qso_continuum(x, np.zeros(1)) * (1 + dr._qso_line_ratio(x, np.zeros(1), np.full(1, 0.9936)))).mean()
+        name: (
+            sources._qso_continuum(x, np.zeros(1)) * (1 + sources._qso_line_ratio(x, np.zeros(1), np.full(1, 0.9936)))
+        ).mean()
         for name, x in (("forest", forest), ("red", red))
     }
     ratio = intrinsic["forest"] / intrinsic["red"]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from qad_assets.partitions import SpectraPartition
-from qad_assets.science.desi_archive import find_healpix_coadds, healpix_coadd, list_specprods
+from qad_assets.science.io.archive import find_healpix_coadds, healpix_coadd, list_specprods
 
 
 def touch(path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Reading real DESI coadds into ``raw_spectra`` rows and a ledger (qad_assets.science.desi_io).
+"""Reading real DESI coadds into ``raw_spectra`` rows and a ledger (qad_assets.science.io).
 
 Every input is a real DESI file (tests/data/desi, see tests/data/README.md); bad-input cases are real files
 damaged in ``tmp_path``.
@@ -18,8 +18,12 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from qad_assets.science import desi_io as dio
-from qad_assets.science import ledger as lg
+from qad_assets.errors import DesiFormatError
+from qad_assets.science.io.coadd import FIBERMAP_COLUMNS, read_coadd
+from qad_assets.science.io.redshifts import read_qso_catalog, read_redshifts
+from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA, ReadResult, read_spectra_file
+from qad_assets.science.spectra import ledger as lg
+from qad_assets.science.spectra.arms import ARM_WAVE, ARMS, BRZ_WAVE, NPIX, merge_arms
 
 DATA = Path(__file__).parent / "data"
 DESI = DATA / "desi"
@@ -48,11 +52,11 @@ def labels(coadd: Path) -> list[dict[str, str]]:
     return sorted(rows, key=lambda r: int(r["row"]))
 
 
-def read(coadd: Path, redrock: Path | None = None, root: Path = DATA, **kw) -> dio.ReadResult:
-    return dio.read_spectra_file(str(coadd), redrock and str(redrock), release="fuji", archive_root=str(root), **kw)
+def read(coadd: Path, redrock: Path | None = None, root: Path = DATA, **kw) -> ReadResult:
+    return read_spectra_file(str(coadd), redrock and str(redrock), release="fuji", archive_root=str(root), **kw)
 
 
-def ledger_rows(result: dio.ReadResult) -> list[tuple]:
+def ledger_rows(result: ReadResult) -> list[tuple]:
     """(file, row, TARGETID, status, reason code) of every ledger row."""
     t = result.ledger.to_pydict()
     return [
@@ -93,25 +97,25 @@ def damaged(tmp_path: Path, edit: Callable[[fits.HDUList], None], src: Path = TI
 
 
 @pytest.fixture(scope="module")
-def clean_tile() -> dio.ReadResult:
+def clean_tile() -> ReadResult:
     """The undamaged tile coadd: 5 real quasars, all kept."""
     result = read(TILE, qso_catalog=str(CAT_TILE))
     assert result.spectra.num_rows == 5
     return result
 
 
-def assert_survivors(result: dio.ReadResult, clean: dio.ReadResult, rows: list[int]) -> None:
+def assert_survivors(result: ReadResult, clean: ReadResult, rows: list[int]) -> None:
     """The kept rows of a damaged file are exactly the clean file's rows ``rows``, with identical data."""
     expected = clean.spectra.take(pa.array(rows))
     assert result.spectra.equals(expected)
 
 
 def test_brz_grid_is_the_merged_desi_grid() -> None:
-    assert dio.BRZ_WAVE.dtype == np.float64 and dio.BRZ_WAVE.size == dio.NPIX == 7781
-    assert dio.BRZ_WAVE[0] == 3600.0 and dio.BRZ_WAVE[-1] == 9824.0
-    np.testing.assert_allclose(np.diff(dio.BRZ_WAVE), 0.8, rtol=1e-9)
-    assert {arm: w.size for arm, w in dio.ARM_WAVE.items()} == {"B": 2751, "R": 2326, "Z": 2881}
-    assert (dio.ARM_WAVE["R"][0], dio.ARM_WAVE["Z"][-1]) == (5760.0, 9824.0)
+    assert BRZ_WAVE.dtype == np.float64 and BRZ_WAVE.size == NPIX == 7781
+    assert BRZ_WAVE[0] == 3600.0 and BRZ_WAVE[-1] == 9824.0
+    np.testing.assert_allclose(np.diff(BRZ_WAVE), 0.8, rtol=1e-9)
+    assert {arm: w.size for arm, w in ARM_WAVE.items()} == {"B": 2751, "R": 2326, "Z": 2881}
+    assert (ARM_WAVE["R"][0], ARM_WAVE["Z"][-1]) == (5760.0, 9824.0)
 
 
 @pytest.mark.parametrize(("coadd", "catalog", "healpix"), [(HPX, CAT_HPX, 9144), (TILE, CAT_TILE, -1)])
@@ -174,22 +178,22 @@ def test_real_galaxies_with_real_redrock_are_filtered_as_not_qso(coadd: Path, re
     (truth,) = labels(coadd)
     assert ledger_rows(result) == [(str(coadd.relative_to(DATA)), 0, int(truth["targetid"]), "filtered", "not_qso")]
     assert result.ledger.column("reason").to_pylist() == ["not_qso: SPECTYPE=GALAXY"]
-    assert result.spectra.num_rows == 0 and result.spectra.schema == dio.RAW_SPECTRA_SCHEMA
-    rr = dio.read_redshifts(str(redrock))
+    assert result.spectra.num_rows == 0 and result.spectra.schema == RAW_SPECTRA_SCHEMA
+    rr = read_redshifts(str(redrock))
     assert rr["TARGETID"].tolist() == [int(truth["targetid"])]
     np.testing.assert_allclose(rr["Z"], float(truth["z"]), atol=6e-6)
 
 
 def test_dr2_healpix_header_and_newer_fibermap_columns() -> None:
-    arms = dio.read_coadd(str(DR2[0]))
+    arms = read_coadd(str(DR2[0]))
     assert (arms.header["SURVEY"], arms.header["PROGRAM"], arms.header["HPXPIXEL"]) == (
         "special",
         "dark",
         27247,
     )
-    assert set(dio.FIBERMAP_COLUMNS) <= set(arms.fibermap)
+    assert set(FIBERMAP_COLUMNS) <= set(arms.fibermap)
     assert arms.fibermap["TARGETID"].dtype == np.int64
-    assert {a: arms.mask[a].dtype for a in dio.ARMS} == dict.fromkeys(dio.ARMS, np.dtype(np.uint32))
+    assert {a: arms.mask[a].dtype for a in ARMS} == dict.fromkeys(ARMS, np.dtype(np.uint32))
 
 
 @pytest.mark.parametrize("coadd", ALL_COADDS, ids=lambda p: p.name)
@@ -199,9 +203,9 @@ def test_merge_matches_desispec_coadd_cameras(coadd: Path) -> None:
 
     ref = coadd_cameras(desispec_io.read_spectra(str(coadd)))
     (band,) = ref.bands
-    flux, ivar, good = dio.merge_arms(dio.read_coadd(str(coadd)))
+    flux, ivar, good = merge_arms(read_coadd(str(coadd)))
     assert flux.dtype == ivar.dtype == np.float32 and flux.shape == (len(ref.flux[band]), 7781)
-    np.testing.assert_allclose(ref.wave[band], dio.BRZ_WAVE, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ref.wave[band], BRZ_WAVE, atol=1e-4, rtol=0)
     np.testing.assert_allclose(flux[good], ref.flux[band][good], rtol=1e-6, atol=0)
     np.testing.assert_allclose(ivar, ref.ivar[band], rtol=1e-6, atol=0)
     assert np.all(ivar[ref.ivar[band] == 0] == 0)
@@ -219,16 +223,16 @@ def test_ledger_accounts_for_every_fibermap_row(tmp_path: Path, coadd: Path) -> 
     assert result.ledger.schema == lg.LEDGER_SCHEMA
 
 
-def test_output_schema_and_snr(clean_tile: dio.ReadResult) -> None:
+def test_output_schema_and_snr(clean_tile: ReadResult) -> None:
     t = clean_tile.spectra
-    assert t.schema == dio.RAW_SPECTRA_SCHEMA
+    assert t.schema == RAW_SPECTRA_SCHEMA
     assert t.schema.field("TARGETID").type == pa.int64()
     flux = np.asarray(t.column("flux").combine_chunks().flatten()).reshape(-1, 7781)
     ivar = np.asarray(t.column("ivar").combine_chunks().flatten()).reshape(-1, 7781)
     good = np.asarray(t.column("good").combine_chunks().flatten()).reshape(-1, 7781)
     assert np.all(ivar[~good] == 0) and np.all(ivar[good] > 0)
     snr = np.where(good, flux * np.sqrt(ivar), np.nan)
-    wave = dio.BRZ_WAVE
+    wave = BRZ_WAVE
     for name, lo, hi in [("snr_b", 3600, 5800), ("snr_r", 5760, 7620), ("snr_z", 7520, 9824)]:
         window = (wave > lo - 0.1) & (wave < hi + 0.1)
         expected = np.nanmedian(snr[:, window], axis=1)
@@ -237,7 +241,7 @@ def test_output_schema_and_snr(clean_tile: dio.ReadResult) -> None:
 
 def test_fsspec_urls_give_the_same_table_as_local_paths(tmp_path: Path) -> None:
     local = read(HPX, qso_catalog=str(CAT_HPX))
-    url = dio.read_spectra_file(
+    url = read_spectra_file(
         HPX.as_uri(), None, release="fuji", qso_catalog=CAT_HPX.as_uri(), archive_root=DATA.as_uri()
     )
     assert url.spectra.equals(local.spectra) and url.ledger.equals(local.ledger)
@@ -245,7 +249,7 @@ def test_fsspec_urls_give_the_same_table_as_local_paths(tmp_path: Path) -> None:
     memfs = fsspec.filesystem("memory")
     memfs.pipe("/desi/coadd.fits", HPX.read_bytes())
     memfs.pipe("/desi/cat.fits.gz", CAT_HPX.read_bytes())
-    mem = dio.read_spectra_file(
+    mem = read_spectra_file(
         "/desi/coadd.fits",
         None,
         release="fuji",
@@ -257,8 +261,8 @@ def test_fsspec_urls_give_the_same_table_as_local_paths(tmp_path: Path) -> None:
     assert mem.ledger.column("file").to_pylist() == ["coadd.fits"] * 2
 
     # the two readers: fitsio + memory map (local path) and astropy on an fsspec file object (URL)
-    a, b = dio.read_coadd(str(HPX)), dio.read_coadd(HPX.as_uri())
-    for arm in dio.ARMS:
+    a, b = read_coadd(str(HPX)), read_coadd(HPX.as_uri())
+    for arm in ARMS:
         for kind in ("wave", "flux", "ivar", "mask"):
             np.testing.assert_array_equal(getattr(a, kind)[arm], getattr(b, kind)[arm])
     assert int(a.mask["R"].max()) > 0  # real nonzero mask bits survive the BZERO=2**31 decoding
@@ -266,16 +270,16 @@ def test_fsspec_urls_give_the_same_table_as_local_paths(tmp_path: Path) -> None:
 
 def test_compressed_mask_hdus_are_read_by_name(tmp_path: Path) -> None:
     def compress(hdul: fits.HDUList) -> None:
-        for arm in dio.ARMS:
+        for arm in ARMS:
             name = f"{arm}_MASK"
             hdul[name] = fits.CompImageHDU(np.asarray(hdul[name].data), name=name)
 
     path = damaged(tmp_path, compress, src=HPX)
     with fits.open(path) as hdul:
         assert isinstance(hdul["B_MASK"], fits.CompImageHDU)
-    original = dio.read_coadd(str(HPX))
-    for arms in (dio.read_coadd(str(path)), dio.read_coadd(path.as_uri())):
-        for arm in dio.ARMS:
+    original = read_coadd(str(HPX))
+    for arms in (read_coadd(str(path)), read_coadd(path.as_uri())):
+        for arm in ARMS:
             np.testing.assert_array_equal(arms.mask[arm], original.mask[arm])
     assert read(path, root=tmp_path, qso_catalog=str(CAT_HPX)).spectra.equals(
         read(HPX, qso_catalog=str(CAT_HPX)).spectra
@@ -289,12 +293,12 @@ def test_catalogue_z_can_be_ignored_and_lookup_respects_survey(tmp_path: Path) -
     assert set(result.spectra.column("Z_SOURCE").to_pylist()) == {"redrock"}
     assert result.spectra.column("ZWARN").to_pylist() == [0] * 5
 
-    catalog = dio.read_qso_catalog(str(CAT_HPX))
+    catalog = read_qso_catalog(str(CAT_HPX))
     quasars = fibermap_targetids(HPX)
     assert (catalog.lookup(quasars, "sv3") >= 0).all()
     assert (catalog.lookup(quasars, "sv1") == -1).all()  # they are sv3 rows of the catalogue
     with pytest.raises(ValueError, match="no redshift source"):
-        dio.read_spectra_file(str(TILE), None, release="fuji")
+        read_spectra_file(str(TILE), None, release="fuji")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,8 +314,8 @@ def test_truncated_file_is_quarantined_row_by_row(tmp_path: Path) -> None:
     assert ledger_rows(result) == [(TILE.name, i, t, "quarantined", "corrupt_fits") for i, t in enumerate(TILE_TIDS)]
     assert "truncated" in result.ledger.column("reason")[0].as_py()
     assert result.spectra.num_rows == 0
-    with pytest.raises(dio.DesiFormatError, match=rf"{path.name}, row -1: corrupt_fits: truncated"):
-        dio.read_coadd(str(path))
+    with pytest.raises(DesiFormatError, match=rf"{path.name}, row -1: corrupt_fits: truncated"):
+        read_coadd(str(path))
 
 
 def test_a_file_that_is_not_fits_is_one_ledger_row(tmp_path: Path) -> None:
@@ -327,7 +331,7 @@ def test_missing_hdu_quarantines_the_file(tmp_path: Path) -> None:
     result = read(path, root=tmp_path, qso_catalog=str(CAT_TILE))
     assert ledger_rows(result) == [(TILE.name, i, t, "quarantined", "missing_hdu") for i, t in enumerate(TILE_TIDS)]
     assert result.ledger.column("reason")[0].as_py() == "missing_hdu: Z_IVAR"
-    err = pytest.raises(dio.DesiFormatError, dio.read_coadd, str(path)).value
+    err = pytest.raises(DesiFormatError, read_coadd, str(path)).value
     assert (err.path, err.row, err.reason) == (str(path), -1, "missing_hdu: Z_IVAR")
     assert pickle.loads(pickle.dumps(err)).reason == err.reason
 
@@ -363,7 +367,7 @@ def test_fibermap_shorter_than_the_arrays_quarantines_each_fibermap_row(tmp_path
     ]
 
 
-def test_nan_at_a_good_pixel_quarantines_only_that_row(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+def test_nan_at_a_good_pixel_quarantines_only_that_row(tmp_path: Path, clean_tile: ReadResult) -> None:
     def inject(h: fits.HDUList) -> None:
         assert h["R_IVAR"].data[1, 500] > 0 and h["R_MASK"].data[1, 500] == 0
         h["R_FLUX"].data[1, 500] = np.nan
@@ -374,7 +378,7 @@ def test_nan_at_a_good_pixel_quarantines_only_that_row(tmp_path: Path, clean_til
     assert_survivors(result, clean_tile, [0, 2, 3, 4])
 
 
-def test_nan_where_ivar_is_zero_is_tolerated(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+def test_nan_where_ivar_is_zero_is_tolerated(tmp_path: Path, clean_tile: ReadResult) -> None:
     def inject(h: fits.HDUList) -> None:
         h["B_FLUX"].data[2, 100] = np.nan
         h["B_IVAR"].data[2, 100] = 0
@@ -386,7 +390,7 @@ def test_nan_where_ivar_is_zero_is_tolerated(tmp_path: Path, clean_tile: dio.Rea
     assert result.spectra.take([0, 1, 3, 4]).equals(clean_tile.spectra.take([0, 1, 3, 4]))
 
 
-def test_negative_ivar_quarantines_only_that_row(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+def test_negative_ivar_quarantines_only_that_row(tmp_path: Path, clean_tile: ReadResult) -> None:
     def negative(h: fits.HDUList) -> None:
         h["Z_IVAR"].data[2, 50] = -1.0
 
@@ -397,9 +401,9 @@ def test_negative_ivar_quarantines_only_that_row(tmp_path: Path, clean_tile: dio
     assert_survivors(result, clean_tile, [0, 1, 3, 4])
 
 
-def test_row_without_good_pixels_is_quarantined(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+def test_row_without_good_pixels_is_quarantined(tmp_path: Path, clean_tile: ReadResult) -> None:
     def zero(h: fits.HDUList) -> None:
-        for arm in dio.ARMS:
+        for arm in ARMS:
             h[f"{arm}_IVAR"].data[3] = 0
 
     result = read(damaged(tmp_path, zero), root=tmp_path, qso_catalog=str(CAT_TILE))
@@ -409,7 +413,7 @@ def test_row_without_good_pixels_is_quarantined(tmp_path: Path, clean_tile: dio.
     assert_survivors(result, clean_tile, [0, 1, 2, 4])
 
 
-def test_duplicate_targetids_quarantine_both_rows(tmp_path: Path, clean_tile: dio.ReadResult) -> None:
+def test_duplicate_targetids_quarantine_both_rows(tmp_path: Path, clean_tile: ReadResult) -> None:
     def duplicate(h: fits.HDUList) -> None:
         h["FIBERMAP"].data["TARGETID"][4] = h["FIBERMAP"].data["TARGETID"][3]
 
@@ -450,7 +454,7 @@ def test_an_unreachable_file_raises_instead_of_being_quarantined(tmp_path: Path)
     with pytest.raises(FileNotFoundError):
         read(tmp_path / "coadd-missing.fits", root=tmp_path, qso_catalog=str(CAT_TILE))
     with pytest.raises(FileNotFoundError):
-        dio.read_coadd((tmp_path / "coadd-missing.fits").as_uri())
+        read_coadd((tmp_path / "coadd-missing.fits").as_uri())
 
 
 def test_a_missing_redrock_file_quarantines_the_coadd_unless_the_catalogue_gives_redshifts(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask
-from qad_assets.science.vae import GridMismatchError, SpectrumVAE, VaeConfig, load_model, reconstruct, save_model
+from qad_assets.errors import GridMismatchError
+from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, load_model, reconstruct, save_model
+from qad_assets.science.spectra.rest_frame import REST_GRID, lya_forest_mask
 from resources.mlflow import CHALLENGER, CHAMPION, MlflowResource
 
 

@@ -4,10 +4,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.desi_io import BRZ_WAVE, read_spectra_file
-from qad_assets.science.observed_spectra import SpectrumError, normalize_observed, observed_spectrum
-from qad_assets.science.rest_frame import normalized_table, spectra_to_numpy
+from qad_assets.demo.release import write_demo_release
+from qad_assets.errors import SpectrumError
+from qad_assets.science.io.spectra_file import read_spectra_file
+from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.normalization import normalized_table, spectra_to_numpy
+from qad_assets.science.spectra.observed import normalize_observed, observed_spectrum
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from qad_assets.science.desi_io import NPIX, RAW_SPECTRA_SCHEMA
-from qad_assets.science.parquet_store import iter_tables, read_metadata, read_table, write_table_atomic
+from qad_assets.science.io.parquet_store import iter_tables, read_metadata, read_table, write_table_atomic
+from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA
+from qad_assets.science.spectra.arms import NPIX
 
 
 def raw_table(n: int, seed: int = 0) -> pa.Table:

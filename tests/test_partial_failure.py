@@ -6,8 +6,8 @@ import dagster as dg
 import pytest
 
 from qad_assets.definitions import defs
+from qad_assets.demo.release import write_demo_release
 from qad_assets.partitions import range_tags
-from qad_assets.science.demo_release import write_demo_release
 
 
 @pytest.fixture

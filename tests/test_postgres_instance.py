@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from qad_assets.definitions import defs
+from qad_assets.demo.release import write_demo_release
 from qad_assets.partitions import archive_partition_keys, spectra_partitions
-from qad_assets.science.demo_release import write_demo_release
 from resources import resources_from_env
 
 ROOT = Path(__file__).resolve().parents[1]

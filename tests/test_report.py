@@ -12,8 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from qad_assets.science.report import GALLERY_MAX, METHODS, Gallery, ReportFiles, region_window, write_report
-from qad_assets.science.rest_frame import EMISSION_LINES, REST_GRID
+from qad_assets.science.spectra.rest_frame import EMISSION_LINES, REST_GRID
+from qad_assets.science.validation.evaluation import METHODS
+from qad_assets.science.validation.report import Gallery, ReportFiles, write_report
+from qad_assets.science.validation.report.figures import GALLERY_MAX, region_window
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["bal_trough", "line_boost", "continuum_tilt"]

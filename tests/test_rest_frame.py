@@ -12,13 +12,20 @@ import pytest
 from desispec.interpolation import resample_flux
 from scipy.ndimage import gaussian_filter1d
 
-from qad_assets.science.desi_io import read_spectra_file
-from qad_assets.science.rest_frame import (
-    BRZ_WAVE,
-    EMISSION_LINES,
+from qad_assets.science.io.spectra_file import read_spectra_file
+from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.normalization import (
     GRID_METADATA_KEY,
-    MIN_GOOD_REST_PIXELS,
     NORMALIZED_SCHEMA,
+    normalize,
+    normalize_batch,
+    normalized_table,
+    spectra_to_numpy,
+)
+from qad_assets.science.spectra.resampling import resample_to_rest
+from qad_assets.science.spectra.rest_frame import (
+    EMISSION_LINES,
+    MIN_GOOD_REST_PIXELS,
     REGION_CIII,
     REGION_CIV,
     REGION_CONTINUUM,
@@ -31,12 +38,7 @@ from qad_assets.science.rest_frame import (
     REST_GRID,
     RestFrameGrid,
     lya_forest_mask,
-    normalize,
-    normalize_batch,
-    normalized_table,
     region_codes,
-    resample_to_rest,
-    spectra_to_numpy,
 )
 
 PICCA = Path(__file__).parent / "data" / "desi" / "picca"

@@ -18,23 +18,25 @@ import pyarrow as pa
 import pytest
 from scipy.stats import kstest
 
-from qad_assets.science.baselines import IsolationForestBaseline, PcaBaseline
-from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.evaluation import detection_metrics, metrics_by, metrics_report, spearman, top_jaccard
-from qad_assets.science.injection import INJECTION_CLASSES, injection_set, scale_signal, shift_spectra
-from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask
-from qad_assets.science.scoring import (
-    REGION_NAMES,
-    Scorer,
-    arm_index,
-    fit_scorer,
-    score_spectra,
-    spectrum_snr,
+from qad_assets.demo import read_demo_spectra
+from qad_assets.demo.release import write_demo_release
+from qad_assets.science.model.scoring import Scorer, fit_scorer, score_spectra
+from qad_assets.science.model.split import select_rows
+from qad_assets.science.model.training import SpectraArrays, TrainOptions, train_vae
+from qad_assets.science.model.vae import SpectrumVAE, VaeConfig
+from qad_assets.science.spectra.arms import arm_index
+from qad_assets.science.spectra.features import pixels
+from qad_assets.science.spectra.rest_frame import REGION_NAMES, REST_GRID, lya_forest_mask
+from qad_assets.science.spectra.snr import spectrum_snr
+from qad_assets.science.validation.baselines import IsolationForestBaseline, PcaBaseline
+from qad_assets.science.validation.evaluation import (
+    detection_metrics,
+    metrics_by,
+    metrics_report,
+    spearman,
+    top_jaccard,
 )
-from qad_assets.science.spectral_features import pixels
-from qad_assets.science.training import SpectraArrays, TrainOptions, select_rows, train_vae
-from qad_assets.science.vae import SpectrumVAE, VaeConfig
-from qad_assets.science.validation import read_demo_spectra
+from qad_assets.science.validation.injection import INJECTION_CLASSES, injection_set, scale_signal, shift_spectra
 
 MODEL_VAL_FRACTION = 0.3  # the model never sees hash < 0.3
 SCORER_VAL_FRACTION = 0.15  # the scorer calibrates on hash < 0.15; 0.15–0.3 is the test band

@@ -18,11 +18,11 @@ import ray
 import requests
 
 from qad_assets.definitions import defs
+from qad_assets.demo.release import write_demo_release
 from qad_assets.partitions import archive_partition_keys, range_tags
-from qad_assets.science.demo_release import write_demo_release
-from qad_assets.science.parquet_store import read_table
-from qad_assets.science.rest_frame import spectra_to_numpy
-from qad_assets.science.scoring_model import ScoringModel
+from qad_assets.science.io.parquet_store import read_table
+from qad_assets.science.model.package import ScoringModel
+from qad_assets.science.spectra.normalization import spectra_to_numpy
 from qad_assets.service.app import ServiceSettings, start, stop
 from qad_assets.service.client import score_request
 from resources.mlflow import CHALLENGER, CHAMPION, MlflowResource

@@ -12,8 +12,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from qad_assets.science.rest_frame import BRZ_WAVE, C_KMS, REST_GRID, normalized_table, spectra_to_numpy
-from qad_assets.science.spectral_features import (
+from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.features import (
     AI_MIN_WIDTH,
     BAL_LINES,
     BAL_MAX_ITER,
@@ -31,6 +31,8 @@ from qad_assets.science.spectral_features import (
     pca_eigenvectors,
     spectral_features,
 )
+from qad_assets.science.spectra.normalization import normalized_table, spectra_to_numpy
+from qad_assets.science.spectra.rest_frame import C_KMS, REST_GRID
 
 COMPOSITE = Path(__file__).parent / "data" / "composites" / "VandenBerk2001.dat"
 

@@ -34,8 +34,8 @@ import pytest
 
 from qad_assets.cli import RunSettings, prepare_instance_home
 from qad_assets.definitions import defs
+from qad_assets.demo.release import write_demo_release
 from qad_assets.partitions import archive_partition_keys, spectra_partitions
-from qad_assets.science.demo_release import write_demo_release
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -17,24 +17,11 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from qad_assets.science.parquet_store import write_table_atomic
-from qad_assets.science.training import (
-    SpectraArrays,
-    TrainOptions,
-    TrainResult,
-    select_rows,
-    train_vae,
-    train_vae_ray,
-)
-from qad_assets.science.vae import (
-    GridMismatchError,
-    SpectrumVAE,
-    VaeConfig,
-    load_model,
-    negative_elbo,
-    reconstruct,
-    save_model,
-)
+from qad_assets.errors import GridMismatchError
+from qad_assets.science.io.parquet_store import write_table_atomic
+from qad_assets.science.model.split import select_rows
+from qad_assets.science.model.training import SpectraArrays, TrainOptions, TrainResult, train_vae, train_vae_ray
+from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, load_model, negative_elbo, reconstruct, save_model
 
 C_KMS = 299792.458
 REST_WAVE = np.geomspace(800.0, 8460.0, 1024)

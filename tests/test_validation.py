@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pyarrow as pa
 
-from qad_assets.science.validation import crossmatch, json_safe, seed_stability
+from qad_assets.science.validation.harness import crossmatch, json_safe, seed_stability
 
 
 def candidates() -> pa.Table:

@@ -12,7 +12,7 @@ from qad_assets.assets.normalized_spectra import normalized_spectra
 from qad_assets.assets.raw_spectra import PARTITION_RETRY, SPECTRA_BACKFILL
 from qad_assets.assets.vae_model import read_registration, vae_model
 from qad_assets.partitions import release_of, spectra_partitions
-from qad_assets.science.parquet_store import read_table, row_count
+from qad_assets.science.io.parquet_store import read_table, row_count
 from qad_assets.science.partition_steps import rank_release, score_partition
 from resources.gpu import GpuResource
 from resources.k8s import K8S_GPU_TAGS

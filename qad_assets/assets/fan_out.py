@@ -10,13 +10,14 @@ from dataclasses import asdict
 import dagster as dg
 import pyarrow as pa
 
+from qad_assets.errors import QadError
 from qad_assets.science.partition_steps import StepSummary
 from resources.ray import RayResource
 
 progress = logging.getLogger("qad.progress")
 
 
-class PartitionStepsFailed(Exception):
+class PartitionStepsFailed(QadError):
     """Some partitions of a run failed; the others were written. The message names each failure."""
 
 

@@ -13,10 +13,11 @@ from qad_assets.assets.fan_out import (
 )
 from qad_assets.assets.raw_spectra import PARTITION_RETRY, SPECTRA_BACKFILL, raw_spectra
 from qad_assets.partitions import spectra_partitions
-from qad_assets.science import ledger
-from qad_assets.science.parquet_store import read_table, row_count, schema_matches
+from qad_assets.science.io.parquet_store import read_table, row_count, schema_matches
 from qad_assets.science.partition_steps import NORMALIZED_MEDIAN_BAND, StepSummary, normalize_partition
-from qad_assets.science.rest_frame import NORMALIZED_SCHEMA, REST_GRID
+from qad_assets.science.spectra import ledger
+from qad_assets.science.spectra.normalization import NORMALIZED_SCHEMA
+from qad_assets.science.spectra.rest_frame import REST_GRID
 from resources.gpu import GpuResource
 from resources.k8s import K8S_GPU_TAGS
 from resources.ray import RayResource

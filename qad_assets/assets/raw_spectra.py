@@ -13,7 +13,7 @@ from qad_assets.assets.fan_out import (
     stage_metadata,
 )
 from qad_assets.partitions import SpectraPartition, spectra_partitions
-from qad_assets.science.desi_io import RAW_SPECTRA_SCHEMA
+from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA
 from qad_assets.science.partition_steps import ingest_healpix_coadd
 from resources.archive import ArchiveResource
 from resources.k8s import K8S_CPU_TAGS

@@ -11,12 +11,12 @@ from pydantic import Field
 from qad_assets.assets.fan_out import CheckTable, check_result, check_specs
 from qad_assets.assets.normalized_spectra import normalized_spectra
 from qad_assets.partitions import release_partitions
-from qad_assets.science.atomic_files import write_bytes_atomic
-from qad_assets.science.rest_frame import REST_GRID, lya_forest_mask
-from qad_assets.science.scoring import fit_scorer
-from qad_assets.science.training import TrainOptions, TrainResult, train_vae, train_vae_ray
-from qad_assets.science.vae import VaeConfig, save_model
-from qad_assets.science.validation import load_release_spectra
+from qad_assets.science.io.atomic_files import write_bytes_atomic
+from qad_assets.science.model.scoring import fit_scorer
+from qad_assets.science.model.training import TrainOptions, TrainResult, train_vae, train_vae_ray
+from qad_assets.science.model.vae import VaeConfig, save_model
+from qad_assets.science.spectra.rest_frame import REST_GRID, lya_forest_mask
+from qad_assets.science.validation.harness import load_release_spectra
 from resources.gpu import GpuResource
 from resources.k8s import K8S_GPU_TAGS
 from resources.mlflow import CHALLENGER, MlflowResource

@@ -9,18 +9,18 @@ from qad_assets.assets.anomaly_scores import anomaly_scores
 from qad_assets.assets.fan_out import CheckTable, check_result, check_specs
 from qad_assets.assets.vae_model import VaeTrainingConfig, read_registration, vae_model
 from qad_assets.partitions import release_partitions
-from qad_assets.science.parquet_store import read_table
-from qad_assets.science.report import write_report
-from qad_assets.science.rest_frame import REST_GRID
-from qad_assets.science.scoring import Scorer
-from qad_assets.science.vae import load_model
-from qad_assets.science.validation import (
+from qad_assets.science.io.parquet_store import read_table
+from qad_assets.science.model.scoring import Scorer
+from qad_assets.science.model.vae import load_model
+from qad_assets.science.spectra.rest_frame import REST_GRID
+from qad_assets.science.validation.harness import (
     json_safe,
     load_release_spectra,
     read_catalogue,
     release_scores,
     validate_release,
 )
+from qad_assets.science.validation.report import write_report
 from resources.archive import ArchiveResource
 from resources.k8s import K8S_GPU_TAGS
 from resources.mlflow import CHAMPION, MlflowResource

@@ -14,21 +14,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from qad_assets.science import ledger
-from qad_assets.science.desi_archive import HealpixCoadd
-from qad_assets.science.desi_io import RAW_SPECTRA_SCHEMA, read_spectra_file
-from qad_assets.science.parquet_store import read_table, write_table_atomic
-from qad_assets.science.rest_frame import (
-    NORM_MIN_WAVE,
+from qad_assets.science.io.archive import HealpixCoadd
+from qad_assets.science.io.parquet_store import read_table, write_table_atomic
+from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA, read_spectra_file
+from qad_assets.science.model.package import SCORE_COLUMNS, ScoringModel
+from qad_assets.science.spectra import ledger
+from qad_assets.science.spectra.features import Backend, spectral_features
+from qad_assets.science.spectra.normalization import (
     NORMALIZED_SCHEMA,
-    REST_GRID,
-    RestFrameGrid,
     masked_median,
     normalized_table,
     spectra_to_numpy,
 )
-from qad_assets.science.scoring_model import SCORE_COLUMNS, ScoringModel
-from qad_assets.science.spectral_features import Backend, spectral_features
+from qad_assets.science.spectra.rest_frame import NORM_MIN_WAVE, REST_GRID, RestFrameGrid
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from qad_assets.science.desi_io import BRZ_WAVE, read_qso_catalog
-from qad_assets.science.observed_spectra import normalize_observed, observed_spectrum
+from qad_assets.science.io.redshifts import read_qso_catalog
+from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.observed import normalize_observed, observed_spectrum
 from qad_assets.service.inputs import (
     RestFrameSpectra,
     ScoredPiece,

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from qad_assets.science.desi_io import BRZ_WAVE
-from qad_assets.science.rest_frame import spectra_to_numpy
+from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.normalization import spectra_to_numpy
 
 
 def score_request(raw_spectra: pa.Table, rows: Sequence[int] | None = None, *, release: str | None = None) -> dict:

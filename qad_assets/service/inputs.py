@@ -20,11 +20,13 @@ import numpy as np
 from fastapi import HTTPException
 from pydantic import ValidationError
 
-from qad_assets.science import ledger
-from qad_assets.science.desi_io import QsoCatalog, read_spectra_file
-from qad_assets.science.observed_spectra import SpectrumError, normalize_observed, observed_spectrum
-from qad_assets.science.rest_frame import normalized_table, spectra_to_numpy
-from qad_assets.science.scoring_model import SCORE_COLUMNS
+from qad_assets.errors import SpectrumError
+from qad_assets.science.io.redshifts import QsoCatalog
+from qad_assets.science.io.spectra_file import read_spectra_file
+from qad_assets.science.model.package import SCORE_COLUMNS
+from qad_assets.science.spectra import ledger
+from qad_assets.science.spectra.normalization import normalized_table, spectra_to_numpy
+from qad_assets.science.spectra.observed import normalize_observed, observed_spectrum
 from qad_assets.service.registry import LoadedModel
 from qad_assets.service.schema import NotScored, ScoreRequest, SpectrumScore
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qad_assets.science.scoring_model import ScoringModel
+from qad_assets.science.model.package import ScoringModel
 from resources.mlflow import MlflowResource
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qad_assets.science.observed_spectra import MAX_PIXELS, Z_RANGE
+from qad_assets.science.spectra.observed import MAX_PIXELS, Z_RANGE
 
 
 class SpectrumIn(BaseModel):

@@ -13,7 +13,7 @@ Both are the standard, honest alternatives, given the same data, weights and cal
 
 Both raw scores grow with S/N as the VAE's do (a linear model is further from perfect than a VAE, so
 even more), so both are standardised against held-out spectra as a function of S/N with the same
-:func:`~qad_assets.science.scoring.fit_snr_calibration`, fitted on the same TARGETID-hash split: an
+:func:`~qad_assets.science.model.calibration.fit_snr_calibration`, fitted on the same TARGETID-hash split: an
 uncalibrated baseline would mostly rank by S/N, a strawman.
 """
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
-from qad_assets.science.rest_frame import RestFrameGrid, lya_forest_mask
-from qad_assets.science.scoring import MIN_CALIBRATION_ROWS, SnrCalibration, fit_snr_calibration
-from qad_assets.science.training import select_rows
-from qad_assets.science.vae import VaeConfig
+from qad_assets.science.model.calibration import MIN_CALIBRATION_ROWS, SnrCalibration, fit_snr_calibration
+from qad_assets.science.model.split import select_rows
+from qad_assets.science.model.vae import VaeConfig
+from qad_assets.science.spectra.rest_frame import RestFrameGrid, lya_forest_mask
 
 #: Relative ridge on the per-pixel component solve: pixels few spectra cover stay well determined.
 _RIDGE = 1e-6

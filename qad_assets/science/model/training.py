@@ -1,4 +1,4 @@
-"""Training of the spectral VAE (:mod:`qad_assets.science.vae`), in one process or on Ray Train.
+"""Training of the spectral VAE (:mod:`qad_assets.science.model.vae`), in one process or on Ray Train.
 
 One code path serves both: :func:`train_vae` runs :func:`_fit` in this process, :func:`train_vae_ray`
 runs the same :func:`_fit` in every Ray Train worker with the model wrapped in DDP. Data stream from
@@ -16,17 +16,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from qad_assets.science.parquet_store import iter_tables
-from qad_assets.science.vae import SpectrumVAE, VaeConfig, negative_elbo
+from qad_assets.science.io.parquet_store import iter_tables
+from qad_assets.science.model.split import Split, select_rows
+from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, negative_elbo
 
-Split = Literal["train", "val"]
 _T = TypeVar("_T")
 
 _COLUMNS = ("TARGETID", "flux", "ivar")
@@ -91,24 +91,6 @@ class TrainResult:
     def throughput(self) -> float:
         """Median training throughput over epochs, spectra per second (all workers together)."""
         return float(np.median(self.history["throughput"]))
-
-
-def splitmix64(values: np.ndarray) -> np.ndarray:
-    """SplitMix64 finalizer of int64 values: a fast, well-mixed, platform-stable uint64 hash."""
-    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def select_rows(
-    targetid: np.ndarray, split: Split, val_fraction: float, rank: int = 0, world_size: int = 1
-) -> np.ndarray:
-    """Rows of ``split`` owned by ``rank``: top 53 hash bits pick the split, low bits the rank."""
-    h = splitmix64(targetid)
-    is_val = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < val_fraction
-    in_split = is_val if split == "val" else ~is_val
-    return in_split & (h % np.uint64(world_size) == np.uint64(rank))
 
 
 class SpectraStream(IterableDataset):

@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from qad_assets.science.atomic_files import write_atomic
+from qad_assets.errors import GridMismatchError
+from qad_assets.science.io.atomic_files import write_atomic
 
 #: Smallest amplitude the analytic fit may return: a template is never flipped or zeroed.
 MIN_AMPLITUDE = 1e-3
@@ -213,10 +214,6 @@ def reconstruct(
         kl=cat.kl.numpy(),
         latent_mean=cat.mu.numpy(),
     )
-
-
-class GridMismatchError(ValueError):
-    """The model was trained on another rest-frame grid than the data it is asked to score."""
 
 
 def grid_fingerprint(grid: Any) -> str:

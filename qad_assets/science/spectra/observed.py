@@ -17,24 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qad_assets.science import ledger
-from qad_assets.science.desi_io import bad_pixels
-from qad_assets.science.rest_frame import REST_GRID, NormalizedBatch, RestFrameGrid, normalize_batch
+from qad_assets.errors import SpectrumError
+from qad_assets.science.spectra import ledger
+from qad_assets.science.spectra.normalization import NormalizedBatch, normalize_batch
+from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid
+from qad_assets.science.spectra.selection import bad_pixels
 
 #: Redshifts a spectrum may be scored at. Above z ≈ 6 DESI's band (3600–9824 Å) leaves fewer than
 #: 1000 rest pixels on the grid, all blueward of 1400 Å, and no training quasar looks like that.
 Z_RANGE = (0.0, 6.0)
 #: Most pixels one spectrum may have (DESI's merged grid has 7781).
 MAX_PIXELS = 20_000
-
-
-class SpectrumError(ValueError):
-    """A spectrum that cannot be scored: its ``index`` in the request and a ledger-style ``reason``."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(f"spectra[{index}]: {reason}")
-        self.index = index
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -112,7 +105,7 @@ def _mask_is_zero(index: int, mask: np.ndarray) -> np.ndarray:
 
 
 def _check_pixels(index: int, flux: np.ndarray, ivar: np.ndarray, unmasked: np.ndarray) -> None:
-    """Ingestion's pixel rules (:func:`~qad_assets.science.desi_io.bad_pixels`), in its order."""
+    """Ingestion's pixel rules (:func:`~qad_assets.science.spectra.selection.bad_pixels`), in its order."""
     nonfinite, negative = bad_pixels(flux, ivar, unmasked)
     if nonfinite.any():
         pixel = int(np.argmax(nonfinite))

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from qad_assets.science.atomic_files import write_atomic
+from qad_assets.science.io.atomic_files import write_atomic
 
 COMPRESSION = "lz4"  # noisy float32 spectra barely compress; lz4 costs almost nothing
 

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-from qad_assets.science.vae import load_model, reconstruct
+from qad_assets.science.model.vae import load_model, reconstruct
 
 
 class VaePyfunc(PythonModel):

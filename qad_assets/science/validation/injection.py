@@ -10,7 +10,7 @@ obvious case, 0.25 a subtle one):
 * ``reddening``: SMC-like dust at the quasar redshift, A_λ/E(B−V) = 1.39 λ_µm^−1.2 (Prevot et al. 1984
   as fitted by Richards et al. 2003 / Hopkins et al. 2004), E(B−V) up to 0.3;
 * ``weak_lines`` / ``extreme_lines``: the broad-line flux above a local straight continuum (the side
-  bands of :data:`~qad_assets.science.spectral_features.LINES`) scaled by 1 − 0.9·s / 1 + 3·s;
+  bands of :data:`~qad_assets.science.spectra.features.LINES`) scaled by 1 − 0.9·s / 1 + 3·s;
 * ``wrong_redshift``: the spectrum de-redshifted with (1 + z_cat) = (1 + z)(1 ± 0.3·s): a shift in
   log λ, the rest coverage moving with it;
 * ``superposed``: a second normal quasar of the pool at a redshift ≥ 0.3 away, on the same fibre,
@@ -33,9 +33,10 @@ import numpy as np
 import pyarrow as pa
 from scipy.ndimage import gaussian_filter1d
 
-from qad_assets.science.rest_frame import C_KMS, EMISSION_LINES, RestFrameGrid, normalize
-from qad_assets.science.scoring import ARM_EDGES, arm_index
-from qad_assets.science.spectral_features import LINES, band_median, pixels
+from qad_assets.science.spectra.arms import ARM_EDGES, arm_index
+from qad_assets.science.spectra.features import LINES, band_median, pixels
+from qad_assets.science.spectra.normalization import normalize
+from qad_assets.science.spectra.rest_frame import C_KMS, EMISSION_LINES, RestFrameGrid
 
 INJECTION_CLASSES: tuple[str, ...] = (
     "bal",
@@ -162,7 +163,7 @@ def line_fraction(flux: np.ndarray, ivar: np.ndarray, grid: RestFrameGrid) -> np
     """Fraction of the signal that is broad-line emission (N, P), in [0, 1].
 
     The line is the smoothed flux above a straight continuum through each line's side bands
-    (:data:`~qad_assets.science.spectral_features.LINES`); zero outside the line windows and for a
+    (:data:`~qad_assets.science.spectra.features.LINES`); zero outside the line windows and for a
     line whose side bands are not both observed.
     """
     signal = signal_estimate(flux, ivar)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qad_assets.science.rest_frame import REST_GRID
-from qad_assets.science.scoring import Scorer, score_spectra, spectrum_snr
-from qad_assets.science.vae import SpectrumVAE, load_model
+from qad_assets.science.model.scoring import Scorer, score_spectra
+from qad_assets.science.model.vae import SpectrumVAE, load_model
+from qad_assets.science.spectra.rest_frame import REST_GRID
+from qad_assets.science.spectra.snr import spectrum_snr
 
 #: Per-spectrum outputs of scoring that the batch table and the service both report, besides S/N.
 SCORE_COLUMNS = (

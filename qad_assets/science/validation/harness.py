@@ -14,17 +14,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qad_assets.science.baselines import IsolationForestBaseline, PcaBaseline
-from qad_assets.science.demo_release import DemoRelease
-from qad_assets.science.desi_io import read_spectra_file
-from qad_assets.science.evaluation import detection_metrics, metrics_report, spearman, top_jaccard
-from qad_assets.science.injection import injection_set
-from qad_assets.science.parquet_store import read_table
-from qad_assets.science.report import Gallery
-from qad_assets.science.rest_frame import REST_GRID, RestFrameGrid, lya_forest_mask, normalized_table, spectra_to_numpy
-from qad_assets.science.scoring import Scorer, fit_scorer, score_spectra, spectrum_snr
-from qad_assets.science.training import SpectraArrays, TrainOptions, select_rows, train_vae
-from qad_assets.science.vae import SpectrumVAE, VaeConfig, reconstruct
+from qad_assets.science.io.parquet_store import read_table
+from qad_assets.science.model.scoring import Scorer, fit_scorer, score_spectra
+from qad_assets.science.model.split import select_rows
+from qad_assets.science.model.training import SpectraArrays, TrainOptions, train_vae
+from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, reconstruct
+from qad_assets.science.spectra.normalization import spectra_to_numpy
+from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid, lya_forest_mask
+from qad_assets.science.spectra.snr import spectrum_snr
+from qad_assets.science.validation.baselines import IsolationForestBaseline, PcaBaseline
+from qad_assets.science.validation.evaluation import detection_metrics, metrics_report, spearman, top_jaccard
+from qad_assets.science.validation.injection import injection_set
+from qad_assets.science.validation.report import Gallery
 
 #: Held-out spectra with a p-value below this are not used as normal hosts for injections.
 NORMAL_P_VALUE = 0.05
@@ -60,20 +61,6 @@ def load_release_spectra(paths: Sequence[Path], *, max_rows: int, grid: RestFram
         tables.append(table)
         rows += table.num_rows
     return ReleaseSpectra.from_table(pa.concat_tables(tables), grid)
-
-
-def read_demo_spectra(demo: DemoRelease) -> tuple[ReleaseSpectra, np.ndarray]:
-    """Every kept quasar of a demo release, normalized as the pipeline normalizes it, and its truth
-    ``anomaly_class`` per row ('' for a normal quasar): the fixture of tests and benchmarks.
-    """
-    table = pa.concat_tables(
-        normalized_table(read_spectra_file(c, r, release=demo.release).spectra)
-        for c, r in zip(demo.coadd_paths, demo.redrock_paths, strict=True)
-    )
-    truth = read_table(demo.truth_path, columns=["TARGETID", "anomaly_class"])
-    class_of = dict(zip(truth["TARGETID"].to_pylist(), truth["anomaly_class"].to_pylist(), strict=True))
-    classes = np.asarray([class_of[t] or "" for t in table["TARGETID"].to_pylist()])
-    return ReleaseSpectra.from_table(table), classes
 
 
 def fit_baselines(spectra: ReleaseSpectra, val_fraction: float) -> tuple[PcaBaseline, IsolationForestBaseline]:

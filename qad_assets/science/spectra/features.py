@@ -22,14 +22,8 @@ import polars as pl
 import pyarrow as pa
 from astropy.io import fits
 
-from qad_assets.science.rest_frame import (
-    C_KMS,
-    EMISSION_LINES,
-    REST_GRID,
-    RestFrameGrid,
-    masked_median,
-    spectra_to_numpy,
-)
+from qad_assets.science.spectra.normalization import masked_median, spectra_to_numpy
+from qad_assets.science.spectra.rest_frame import C_KMS, EMISSION_LINES, REST_GRID, RestFrameGrid
 
 if TYPE_CHECKING:
     import cudf

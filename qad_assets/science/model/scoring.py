@@ -27,217 +27,26 @@ Plain numpy/torch/scikit-learn, no Dagster. Everything scoring needs is in :clas
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 
-from qad_assets.science.atomic_files import write_bytes_atomic
-from qad_assets.science.rest_frame import (
-    NORM_MIN_WAVE,
-    REGION_CIII,
-    REGION_CIV,
-    REGION_CONTINUUM,
-    REGION_HALPHA,
-    REGION_HBETA,
-    REGION_LYA_FOREST,
-    REGION_LYA_NV,
-    REGION_MGII,
-    REGION_SIIV,
-    RestFrameGrid,
-    masked_median,
-    region_codes,
-)
-from qad_assets.science.training import select_rows
-from qad_assets.science.vae import SpectrumVAE, grid_fingerprint, reconstruct
-
-#: Region names of the ``rest_frame`` region codes, as ``top_region`` reports them.
-REGION_NAMES: dict[int, str] = {
-    REGION_CONTINUUM: "continuum",
-    REGION_LYA_FOREST: "lya_forest",
-    REGION_LYA_NV: "lya_nv",
-    REGION_SIIV: "siiv",
-    REGION_CIV: "civ",
-    REGION_CIII: "ciii",
-    REGION_MGII: "mgii",
-    REGION_HBETA: "hbeta",
-    REGION_HALPHA: "halpha",
-}
-
-#: Observed-frame arms (Å). DESI's arms overlap (B 3600–5800, R 5760–7620, Z 7520–9824); a pixel in
-#: an overlap goes to the arm whose half of the overlap it is in, so the arms partition the spectrum.
-ARM_EDGES: dict[str, tuple[float, float]] = {"b": (3600.0, 5780.0), "r": (5780.0, 7570.0), "z": (7570.0, 9824.0)}
+from qad_assets.science.io.atomic_files import write_bytes_atomic
+from qad_assets.science.model.calibration import MIN_CALIBRATION_ROWS, SnrCalibration, fit_snr_calibration
+from qad_assets.science.model.explanation import explain
+from qad_assets.science.model.latent_density import LatentDensity, fit_latent_density
+from qad_assets.science.model.split import select_rows
+from qad_assets.science.model.vae import SpectrumVAE, grid_fingerprint, reconstruct
+from qad_assets.science.spectra.rest_frame import RestFrameGrid
 
 #: Block sizes (pixels) of the coherent-residual components: 8 ≈ 1400 km/s, 32 ≈ 5500 km/s on REST_GRID.
 COHERENT_BLOCKS = (8, 32)
 PEAK_BLOCK = 8
 COMPONENTS = ("log_reduced_chi2", "coherent_chi2_8", "coherent_chi2_32", "peak_chi2_8", "latent_nll")
-
-#: S/N below this is treated as this (the log of a noise-only median is meaningless).
-MIN_SNR = 0.1
-#: Fewest held-out spectra that can calibrate a score (median and width against S/N, then a p-value).
-MIN_CALIBRATION_ROWS = 20
-_MAD_TO_SIGMA = 1.4826
 _SCORER_VERSION = 1
-
-
-# --------------------------------------------------------------------------------------------------
-# S/N and its calibration
-# --------------------------------------------------------------------------------------------------
-
-
-def spectrum_snr(flux: np.ndarray, ivar: np.ndarray, grid: RestFrameGrid) -> np.ndarray:
-    """Median flux·√ivar per rest pixel redward of 1250 Å (no forest), float64 (N,).
-
-    The pixels that set the normalization; all good pixels when fewer than 50 are there.
-    """
-    good = ivar > 0
-    select = good & (grid.wave >= NORM_MIN_WAVE)
-    few = select.sum(axis=1) < 50
-    select[few] = good[few]
-    return masked_median(flux * np.sqrt(np.clip(ivar, 0.0, None)), select)
-
-
-def _log_snr(snr: np.ndarray) -> np.ndarray:
-    return np.log10(np.clip(np.nan_to_num(np.asarray(snr, np.float64), nan=MIN_SNR), MIN_SNR, None))
-
-
-@dataclass(frozen=True)
-class SnrCalibration:
-    """Median and robust width of one score against x = log10 S/N, and the standardisation they give.
-
-    The median is a quadratic in x fitted by least absolute deviations. Above the fitted S/N range it
-    continues linearly with its end slope (model imperfection keeps growing with S/N); below, it is
-    held at its end value (noise alone sets a χ²-like score there, whatever the S/N). The width is
-    ``exp(line in x)``, fitted to log(1.4826·|residual|) by least absolute deviations (so it is the
-    MAD at every x, stays positive and can grow tenfold over the S/N range, as a χ² spread does),
-    held constant beyond the range and floored.
-    """
-
-    median_coef: tuple[float, ...]  # numpy.polynomial order: c0 + c1·x + c2·x²
-    log_width_coef: tuple[float, ...]
-    x_range: tuple[float, float]
-    min_width: float
-
-    def median(self, x: np.ndarray) -> np.ndarray:
-        lo, hi = self.x_range
-        inside = np.clip(x, lo, hi)
-        poly = np.polynomial.Polynomial(self.median_coef)
-        return poly(inside) + poly.deriv()(hi) * np.clip(x - hi, 0.0, None)
-
-    def width(self, x: np.ndarray) -> np.ndarray:
-        inside = np.clip(x, *self.x_range)
-        return np.maximum(np.exp(np.polynomial.Polynomial(self.log_width_coef)(inside)), self.min_width)
-
-    def standardise(self, values: np.ndarray, snr: np.ndarray) -> np.ndarray:
-        """``(value − median(S/N)) / width(S/N)``: 0 is a typical normal spectrum of that S/N."""
-        x = _log_snr(snr)
-        return (np.asarray(values, np.float64) - self.median(x)) / self.width(x)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "median_coef": list(self.median_coef),
-            "log_width_coef": list(self.log_width_coef),
-            "x_range": list(self.x_range),
-            "min_width": self.min_width,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SnrCalibration:
-        return cls(
-            tuple(float(c) for c in d["median_coef"]),
-            tuple(float(c) for c in d["log_width_coef"]),
-            (float(d["x_range"][0]), float(d["x_range"][1])),
-            float(d["min_width"]),
-        )
-
-
-def fit_snr_calibration(values: np.ndarray, snr: np.ndarray) -> SnrCalibration:
-    """Robust S/N trend of ``values`` on (mostly) normal spectra; non-finite rows are ignored.
-
-    Least absolute deviations keep a few anomalies among the calibration spectra from pulling the
-    fit. The width floor is 1 % of the median width, so a degenerate stretch cannot divide by ~0.
-    """
-    x, y = _log_snr(snr), np.asarray(values, np.float64)
-    use = np.isfinite(y)
-    x, y = x[use], y[use]
-    if x.size < MIN_CALIBRATION_ROWS:
-        raise ValueError(f"{x.size} finite calibration values; at least {MIN_CALIBRATION_ROWS} are needed")
-    median_coef = _lad_polyfit(x, y, degree=2)
-    spread = _MAD_TO_SIGMA * np.abs(y - np.polynomial.Polynomial(median_coef)(x))
-    min_width = 0.01 * max(float(np.median(spread)), 1e-9)
-    log_width_coef = _lad_polyfit(x, np.log(np.maximum(spread, min_width)), degree=1)
-    return SnrCalibration(tuple(median_coef), tuple(log_width_coef), (float(x.min()), float(x.max())), min_width)
-
-
-def _lad_polyfit(x: np.ndarray, y: np.ndarray, degree: int, iterations: int = 50) -> np.ndarray:
-    """Least-absolute-deviation polynomial (coefficients low → high) by iteratively reweighted LS."""
-    design = np.vander(x, degree + 1, increasing=True)
-    coef = np.linalg.lstsq(design, y, rcond=None)[0]
-    scale = max(float(np.median(np.abs(y - np.median(y)))), 1e-12)
-    for _ in range(iterations):
-        weight = 1.0 / np.sqrt(np.maximum(np.abs(y - design @ coef), 1e-6 * scale))
-        coef = np.linalg.lstsq(design * weight[:, None], y * weight, rcond=None)[0]
-    return coef
-
-
-# --------------------------------------------------------------------------------------------------
-# Latent density
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LatentDensity:
-    """A Gaussian mixture over latent means, as plain arrays: (K,) weights, (K, L) means, (K, L, L) covariances."""
-
-    weights: np.ndarray
-    means: np.ndarray
-    covariances: np.ndarray
-
-    def nll(self, latent: np.ndarray) -> np.ndarray:
-        """−log p(latent) under the mixture, float64 (N,)."""
-        latent = np.asarray(latent, np.float64)
-        chol = np.linalg.cholesky(self.covariances)
-        log_det = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-        diff = latent[None, :, :] - self.means[:, None, :]  # (K, N, L)
-        whitened = np.linalg.solve(chol[:, None], diff[..., None])[..., 0]
-        log_comp = -0.5 * (np.square(whitened).sum(-1) + log_det[:, None] + latent.shape[1] * math.log(2 * math.pi))
-        return -_logsumexp(log_comp + np.log(self.weights)[:, None], axis=0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "weights": self.weights.tolist(),
-            "means": self.means.tolist(),
-            "covariances": self.covariances.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LatentDensity:
-        return cls(*(np.asarray(d[k], np.float64) for k in ("weights", "means", "covariances")))
-
-
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    top = a.max(axis=axis, keepdims=True)
-    return (top + np.log(np.exp(a - top).sum(axis=axis, keepdims=True))).squeeze(axis)
-
-
-def fit_latent_density(latent: np.ndarray, n_components: int = 4, seed: int = 0) -> LatentDensity:
-    """Full-covariance mixture on training latent means; fewer components when there are few spectra
-    (at least 50 per component), so each covariance is well determined.
-    """
-    k = max(1, min(n_components, latent.shape[0] // 50))
-    gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed)
-    gmm.fit(np.asarray(latent, np.float64))
-    return LatentDensity(*(np.asarray(a, np.float64) for a in (gmm.weights_, gmm.means_, gmm.covariances_)))
-
-
-# --------------------------------------------------------------------------------------------------
-# The scorer
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -382,60 +191,6 @@ def _block_chi2(residual: np.ndarray, weights: np.ndarray, block: int) -> np.nda
         return np.where(weight > 0, summed**2 / weight, np.nan)
 
 
-def arm_index(grid: RestFrameGrid, z: np.ndarray) -> np.ndarray:
-    """Index into :data:`ARM_EDGES` (0 b, 1 r, 2 z) of each rest pixel observed at λ·(1 + z); −1 outside."""
-    observed = grid.wave[None, :] * (1.0 + np.asarray(z, np.float64)[:, None])
-    bounds = [lo for lo, _ in ARM_EDGES.values()] + [ARM_EDGES["z"][1]]
-    index = np.searchsorted(bounds, observed, side="right") - 1
-    return np.where((index >= 0) & (index < len(ARM_EDGES)), index, -1).astype(np.int8)
-
-
-def _largest_excess(pixel_chi2: np.ndarray, observed: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Per spectrum, the group whose χ² most exceeds its pixel share of the spectrum's total χ².
-
-    ``excess_g = χ²_g − n_g·χ²/n``: a region that holds many pixels and a region with a few bad ones
-    compete on the same footing, and a spectrum's overall misfit level cancels. ``groups`` is (P,) or
-    (N, P) with −1 for pixels in no group.
-    """
-    groups = np.broadcast_to(groups, pixel_chi2.shape)
-    chi2_total = pixel_chi2.sum(axis=1, keepdims=True)
-    n_total = np.maximum(observed.sum(axis=1, keepdims=True), 1)
-    excess = np.stack(
-        [
-            (np.where(groups == g, pixel_chi2, 0.0)).sum(axis=1)
-            - (observed & (groups == g)).sum(axis=1) * chi2_total[:, 0] / n_total[:, 0]
-            for g in range(n_groups)
-        ],
-        axis=1,
-    )
-    return np.argmax(excess, axis=1)
-
-
-def _explain(pixel_chi2: np.ndarray, observed: np.ndarray, z: np.ndarray, grid: RestFrameGrid) -> dict[str, np.ndarray]:
-    """``top_region`` (+ its raw share of χ²) and ``worst_arm`` of each spectrum; '' when nothing is observed."""
-    codes = region_codes(grid)
-    region_ids = np.asarray(sorted(REGION_NAMES))
-    region_of_pixel = np.searchsorted(region_ids, codes)
-    top = _largest_excess(pixel_chi2, observed, region_of_pixel, region_ids.size)
-    chi2_total = pixel_chi2.sum(axis=1)
-    top_chi2 = np.where(region_of_pixel[None, :] == top[:, None], pixel_chi2, 0.0).sum(axis=1)
-    arm = _largest_excess(pixel_chi2, observed, arm_index(grid, z), len(ARM_EDGES))
-    has_data = observed.any(axis=1)
-    names = np.asarray([REGION_NAMES[c] for c in region_ids])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(chi2_total > 0, top_chi2 / chi2_total, np.nan)
-    return {
-        "top_region": np.where(has_data, names[top], ""),
-        "top_region_share": np.where(has_data, share, np.nan),
-        "worst_arm": np.where(has_data, np.asarray(list(ARM_EDGES))[arm], ""),
-    }
-
-
-# --------------------------------------------------------------------------------------------------
-# Public entry points
-# --------------------------------------------------------------------------------------------------
-
-
 def fit_scorer(
     model: SpectrumVAE,
     flux: np.ndarray,
@@ -450,7 +205,7 @@ def fit_scorer(
 ) -> Scorer:
     """Fit the latent density on the training rows and every calibration on the held-out rows.
 
-    Rows split by TARGETID hash exactly as :func:`~qad_assets.science.training.select_rows` split
+    Rows split by TARGETID hash exactly as :func:`~qad_assets.science.model.split.select_rows` split
     them for training, so pass the ``val_fraction`` the model was trained with: the calibration
     spectra are then ones the model never saw. They are not known to be normal; the robust fits
     and the p-value reference tolerate the few per cent of anomalies a release holds.
@@ -558,7 +313,7 @@ def _score_batch(
         **{f"z_{name}": value for name, value in standardised.items()},
         "anomaly_score": score,
         "p_value": scorer.p_value(score),
-        **_explain(pixel_chi2, ivar > 0, z, grid),
+        **explain(pixel_chi2, ivar > 0, z, grid),
         "latent_mean": raw.latent_mean,
     }
 

@@ -1,0 +1,353 @@
+"""One HEALPix pixel of the release: catalogue, noiseless models, observation, redshifts."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import numpy as np
+
+from qad_assets.demo.anomalies import INTRINSIC_ANOMALIES, calibration_artefact, superposed, wrong_redshift
+from qad_assets.demo.geometry import bricks, make_targetid, nest_pixel_radec
+from qad_assets.demo.instrument import (
+    DESI_BGS_ANY,
+    DESI_ELG,
+    DESI_LRG,
+    DESI_QSO,
+    DESI_SKY,
+    FIBERSTATUS_BADPOSITION,
+    FIBERSTATUS_UNASSIGNED,
+    SCORE_WINDOWS,
+    ZWARN_NODATA,
+    ZWARN_SKY,
+    ZWARN_SMALL_DELTA_CHI2,
+    observe,
+)
+from qad_assets.demo.plan import QSO_ROLES, Arms, Columns, PixelPlan
+from qad_assets.demo.sources import (
+    BANDS,
+    band_nmgy,
+    ccm_extinction,
+    draw_mag,
+    draw_qso_z,
+    galaxy_spectra,
+    quasar_params,
+    quasar_spectra,
+    scale_to_rmag,
+    star_spectra,
+    templates,
+)
+from qad_assets.science.spectra.arms import BRZ_WAVE, WAVE_STEP
+from qad_assets.science.spectra.rest_frame import C_KMS
+
+
+@dataclass
+class Pixel:
+    cat: Columns  # per-row catalogue and truth
+    arms: Arms
+    exposures: Columns  # EXP_FIBERMAP
+    redshifts: Columns  # REDSHIFTS
+
+
+def simulate_pixel(plan: PixelPlan, rng: np.random.Generator) -> Pixel:
+    """Draw the objects of one healpix pixel, their spectra and their redrock results."""
+    order = rng.permutation(len(plan.roles))
+    cat: Columns = {
+        "role": plan.roles[order],
+        "anomaly": plan.anomaly[order],
+        "strength": plan.strength[order],
+    }
+    _place_duplicates(cat)
+    _draw_catalogue(rng, cat, plan)
+    exposures = _draw_exposures(rng, cat, plan)
+    model = _noiseless_models(rng, cat, plan.program)
+    arms = observe(rng, model, cat, plan.program)
+    _corrupt_rows(rng, cat, arms)
+    redshifts = _redshifts(rng, cat, arms)
+    _summaries(cat, arms)
+    return Pixel(cat, arms, exposures, redshifts)
+
+
+def _place_duplicates(cat: Columns) -> None:
+    """Pair the 'duplicate_targetid' rows: the later row of a pair repeats the earlier one's target."""
+    rows = np.flatnonzero(cat["role"] == "duplicate_targetid")
+    cat["dup_source"] = np.full(len(cat["role"]), -1)
+    cat["dup_source"][rows[1::2]] = rows[0::2]
+
+
+def _draw_catalogue(rng: np.random.Generator, cat: Columns, plan: PixelPlan) -> None:
+    """Positions, identifiers, redshifts, magnitudes and targeting bits of every row."""
+    _draw_identity(rng, cat, plan)
+    _draw_redshifts(rng, cat)
+    _draw_magnitudes(rng, cat, plan.program)
+    dup = np.flatnonzero(cat["dup_source"] >= 0)
+    for key in ("ra", "dec", "brickid", "brickname", "release", "objid", "photsys", "targetid"):
+        cat[key][dup] = cat[key][cat["dup_source"][dup]]
+    for key in ("z", "z_cat", "rmag", "ebv_mw", "psf_to_fiber"):
+        cat[key][dup] = cat[key][cat["dup_source"][dup]]
+
+
+def _draw_identity(rng: np.random.Generator, cat: Columns, plan: PixelPlan) -> None:
+    """Sky position inside the pixel, imaging identifiers, TARGETID and targeting bits."""
+    n, role = len(cat["role"]), cat["role"]
+    ra, dec = nest_pixel_radec(np.full(n, plan.healpix), rng.random(n), rng.random(n))
+    brickid, brickname = bricks(ra, dec)
+    north = dec > 32.375  # DR9 north/south photometric split
+    release = np.where(north, 9011, 9010)
+    objid = plan.index * 5000 + rng.choice(5000, n, replace=False)
+    is_sky, is_galaxy = role == "sky", role == "galaxy"
+    is_elg = is_galaxy & (rng.random(n) < 0.6)
+    target = np.where(is_galaxy, np.where(is_elg, DESI_ELG, DESI_LRG), DESI_QSO)
+    target = np.where(plan.program == "bright", DESI_BGS_ANY, target)
+    target = np.select([is_sky, role == "unassigned"], [DESI_SKY, 0], target)
+    cat.update(
+        ra=ra,
+        dec=dec,
+        brickid=brickid,
+        brickname=brickname,
+        release=release,
+        objid=objid,
+        photsys=np.where(north, "N", "S"),
+        targetid=make_targetid(release, brickid, objid, sky=is_sky.astype(np.int64)),
+        is_elg=is_elg,
+        desi_target=target.astype(np.int64),
+        ebv_mw=np.clip(0.035 + 0.01 * (plan.index % 3) + rng.normal(0.0, 0.003, n), 0.005, None),
+        psf_to_fiber=np.clip(rng.normal(0.78, 0.03, n), 0.6, 0.85),
+        subpriority=rng.random(n),
+    )
+
+
+def _draw_redshifts(rng: np.random.Generator, cat: Columns) -> None:
+    """True and catalogue redshifts; BAL quasars need z >= 1.6 for CIV to be observed."""
+    n, role, anomaly = len(cat["role"]), cat["role"], cat["anomaly"]
+    qso_like = np.isin(role, QSO_ROLES)
+    z = np.where(qso_like, draw_qso_z(rng, n, np.where(anomaly == "bal", 1.6, 0.3)), 0.0)
+    is_galaxy = role == "galaxy"
+    z = np.where(cat["is_elg"], rng.uniform(0.6, 1.6, n), np.where(is_galaxy, rng.uniform(0.4, 1.0, n), z))
+    is_star = np.isin(role, ("star", "star_as_qso"))
+    rv = rng.normal(0.0, 80.0, n)
+    z = np.where(is_star, rv / C_KMS, z)
+    z_cat = z + rng.normal(0.0, 3e-4, n) * (1 + z) * qso_like
+    details = np.full(n, "", dtype=object)
+    wrong = anomaly == "wrong_redshift"
+    z_cat[wrong], details[wrong] = wrong_redshift(z[wrong], cat["strength"][wrong], rng)
+    fake = role == "star_as_qso"
+    z_cat[fake] = draw_qso_z(rng, int(fake.sum()), 0.5)
+    details[fake] = [f"star_z_rr={zc:.3f}" for zc in z_cat[fake]]
+    cat.update(z=z, z_cat=z_cat, rv=rv, details=details, star_which=_draw_star_types(rng, n, role))
+
+
+def _draw_magnitudes(rng: np.random.Generator, cat: Columns, program: str) -> None:
+    """r magnitudes: quasars 19-23 (17.5-20.5 in bright), fainter for ZWARN failures.
+
+    A star labelled QSO is subtle when faint (r = 22.5) and obvious when bright (r = 19.5).
+    """
+    n, role = len(cat["role"]), cat["role"]
+    bright = program == "bright"
+    rmag = draw_mag(rng, n, 17.5, 20.5) if bright else draw_mag(rng, n, 19.0, 23.0)
+    rmag = np.where(role == "qso_zwarn", rng.uniform(22.6, 23.3, n), rmag)
+    galaxy_mag = rng.uniform(19.5, 21.0, n) if bright else rng.uniform(20.5, 23.0, n)
+    rmag = np.where(role == "galaxy", galaxy_mag, rmag)
+    cat["rmag"] = np.where(role == "star_as_qso", 22.5 - 3.0 * np.nan_to_num(cat["strength"]), rmag)
+
+
+def _draw_star_types(rng: np.random.Generator, n: int, role: np.ndarray) -> np.ndarray:
+    """Stellar archetype per row: stars selected as QSO targets are mostly F/G/K, some A/WD/M."""
+    types = templates()["star_type"]
+    weight = np.select([types == t for t in ("A", "F", "G", "K", "M", "WD")], [1.0, 3.0, 3.0, 2.0, 1.0, 1.0])
+    which = rng.choice(len(types), n, p=weight / weight.sum())
+    return np.where(np.isin(role, ("star", "star_as_qso")), which, -1)
+
+
+def _draw_exposures(rng: np.random.Generator, cat: Columns, plan: PixelPlan) -> Columns:
+    """Six exposures cover the pixel; each target gets 1-4 (more for z > 2.1 Lyα quasars).
+
+    Returns the EXP_FIBERMAP columns and fills COADD_* and fibre-location columns of ``cat``.
+    """
+    n, n_pool = len(cat["role"]), 6
+    bright = plan.program == "bright"
+    mjd0 = 59300 + 40 * plan.index + np.sort(rng.integers(0, 300, n_pool))
+    pool = {
+        "tileid": (20000 if bright else 1000) + rng.integers(0, 9000, n_pool),
+        "mjd": mjd0 + rng.uniform(0.15, 0.45, n_pool),
+        "exptime": np.clip(rng.normal(300.0, 50.0, n_pool) if bright else rng.normal(1000.0, 120.0, n_pool), 150, 1500),
+    }
+    pool["night"] = np.array(
+        [int((datetime.date(1858, 11, 17) + datetime.timedelta(days=int(m))).strftime("%Y%m%d")) for m in mjd0]
+    )
+    pool["expid"] = 80000 + 150 * (mjd0 - 59300) + np.arange(n_pool)
+
+    lya = (cat["z"] > 2.1) & np.isin(cat["role"], QSO_ROLES) & ~bright
+    nexp = np.where(lya, rng.choice([1, 2, 3, 4], n, p=[0.2, 0.3, 0.3, 0.2]), rng.choice([1, 2], n, p=[0.75, 0.25]))
+    nodata = np.isin(cat["role"], ("unassigned", "badposition"))
+    nexp = np.where(nodata, 0, nexp)
+    rank = np.argsort(rng.random((n, n_pool)), axis=1).argsort(axis=1)
+    used = rank < nexp[:, None]
+    on_tile = rank < np.maximum(nexp, 1)[:, None]
+
+    location = np.sort(rng.choice(10 * 543, n, replace=False))
+    location = (location // 543) * 1000 + location % 543
+    petal, device = location // 1000, location % 1000
+    first_tile = pool["tileid"][np.argmin(np.where(on_tile, rank, n_pool), axis=1)]
+    unassigned = cat["role"] == "unassigned"
+    cat["targetid"] = np.where(unassigned, -(first_tile * 10000 + location), cat["targetid"])
+
+    cat["nexp"] = nexp
+    cat["exptime"] = (used * pool["exptime"]).sum(axis=1)
+    cat["numnight"] = sum((used & (pool["night"] == night)).any(axis=1) for night in np.unique(pool["night"]))
+    cat["numtile"] = sum((used & (pool["tileid"] == tile)).any(axis=1) for tile in np.unique(pool["tileid"]))
+    cat["fiberstatus"] = np.select(
+        [unassigned, cat["role"] == "badposition"], [FIBERSTATUS_UNASSIGNED, FIBERSTATUS_BADPOSITION], 0
+    )
+
+    row, e = np.nonzero(on_tile)
+    return {
+        "TARGETID": cat["targetid"][row],
+        "NIGHT": pool["night"][e],
+        "EXPID": pool["expid"][e],
+        "MJD": pool["mjd"][e],
+        "TILEID": pool["tileid"][e],
+        "EXPTIME": pool["exptime"][e],
+        "PETAL_LOC": petal[row],
+        "DEVICE_LOC": device[row],
+        "LOCATION": location[row],
+        "FIBER": petal[row] * 500 + device[row] % 500,
+        "FIBERSTATUS": cat["fiberstatus"][row],
+        "FIBER_RA": cat["ra"][row] + rng.normal(0.0, 0.1 / 3600, row.size),
+        "FIBER_DEC": cat["dec"][row] + rng.normal(0.0, 0.1 / 3600, row.size),
+    }
+
+
+def _noiseless_models(rng: np.random.Generator, cat: Columns, program: str) -> np.ndarray:
+    """Observed-frame noiseless spectra on BRZ_WAVE in 1e-17 erg/s/cm2/Å, Milky Way dust included."""
+    n = len(cat["role"])
+    role, anomaly, strength = cat["role"], cat["anomaly"], cat["strength"]
+    model = np.zeros((n, BRZ_WAVE.size))
+
+    qso = np.isin(role, QSO_ROLES)
+    params = quasar_params(rng, cat["z"][qso])
+    for name, inject in INTRINSIC_ANOMALIES.items():
+        sel = anomaly[qso] == name
+        if sel.any():
+            cat["details"][np.flatnonzero(qso)[sel]] = inject(params, sel, strength[qso][sel], rng)
+    model[qso] = quasar_spectra(rng, cat["z"][qso], params)
+
+    gal = role == "galaxy"
+    model[gal] = galaxy_spectra(rng, cat["z"][gal], cat["is_elg"][gal])
+    star = np.isin(role, ("star", "star_as_qso"))
+    model[star] = star_spectra(cat["star_which"][star], cat["rv"][star])
+
+    has_flux = qso | gal | star
+    model[has_flux] = scale_to_rmag(model[has_flux], cat["rmag"][has_flux])
+    sup = anomaly == "superposed"
+    if sup.any():
+        model[sup], cat["details"][sup] = superposed(rng, model[sup], cat["z"][sup], strength[sup])
+    src = cat["dup_source"] >= 0
+    model[src] = model[cat["dup_source"][src]]
+    model *= 10 ** (-0.4 * cat["ebv_mw"][:, None] * ccm_extinction(BRZ_WAVE)[None, :])
+
+    for band in BANDS:
+        cat[f"flux_{band}"] = np.where(has_flux, band_nmgy(model, band), 0.0)
+    cat["rmag"] = np.where(has_flux, 22.5 - 2.5 * np.log10(np.maximum(cat["flux_r"], 1e-9)), np.nan)
+    return model
+
+
+def _corrupt_rows(rng: np.random.Generator, cat: Columns, arms: Arms) -> None:
+    """Empty fibres, calibration artefacts and the broken rows the reader must quarantine."""
+    role = cat["role"]
+    empty = np.isin(role, ("unassigned", "badposition", "no_good_pixels"))
+    for a in arms.values():
+        a["flux"][empty] = 0.0
+        a["ivar"][empty] = 0.0
+        a["mask"][empty] = 0
+    art = np.flatnonzero(cat["anomaly"] == "calibration_artefact")
+    if art.size:
+        cat["details"][art] = calibration_artefact(arms, art, cat["strength"][art], rng)
+    for row in np.flatnonzero(role == "nonfinite"):
+        good = np.flatnonzero((arms["R"]["ivar"][row] > 0) & (arms["R"]["mask"][row] == 0))
+        arms["R"]["flux"][row, rng.choice(good, 5, replace=False)] = np.nan
+    for row in np.flatnonzero(role == "negative_ivar"):
+        arms["B"]["ivar"][row, rng.choice(arms["B"]["ivar"].shape[1], 5, replace=False)] *= -1.0
+
+
+def _redshifts(rng: np.random.Generator, cat: Columns, arms: Arms) -> Columns:
+    """Redrock-like REDSHIFTS columns.
+
+    CHI2 is the chi2 of the true noiseless model and DELTACHI2 grows with the squared S/N; COEFF
+    holds the mean model flux and zeros (not a template fit).
+    """
+    n = len(cat["role"])
+    role = cat["role"]
+    good = {a: (d["ivar"] > 0) & (d["mask"] == 0) & np.isfinite(d["flux"]) for a, d in arms.items()}
+    npix = sum(g.sum(axis=1) for g in good.values())
+    chi2 = sum(
+        np.where(good[a], (np.nan_to_num(d["flux"]) - d["model"]) ** 2 * np.abs(d["ivar"]), 0).sum(axis=1)
+        for a, d in arms.items()
+    )
+    snr2 = sum(np.where(good[a], d["model"] ** 2 * d["ivar"], 0).sum(axis=1) for a, d in arms.items())
+
+    is_galaxy, is_star = role == "galaxy", role == "star"
+    spectype = np.where(is_galaxy | np.isin(role, ("sky", "unassigned", "badposition")), "GALAXY", "QSO")
+    spectype = np.where(is_star, "STAR", spectype)
+    subtype = np.where(is_star, templates()["star_type"][cat["star_which"]], "")
+    zwarn = np.select(
+        [role == "sky", np.isin(role, ("unassigned", "badposition")), role == "qso_zwarn"],
+        [ZWARN_SKY, ZWARN_NODATA, ZWARN_SMALL_DELTA_CHI2],
+        0,
+    )
+    z = np.where(role == "sky", rng.uniform(0.0, 1.5, n), cat["z_cat"])
+    z = np.where(np.isin(role, ("unassigned", "badposition")), 0.0, z)
+    deltachi2 = 25.0 + 0.02 * snr2
+    deltachi2 = np.where(role == "qso_zwarn", rng.uniform(1.0, 9.0, n), deltachi2)
+    deltachi2 = np.where(np.isin(role, ("sky", "unassigned", "badposition")), rng.uniform(0.0, 5.0, n), deltachi2)
+    zerr = np.select([spectype == "QSO", spectype == "GALAXY"], [2e-4, 2e-5], 1e-5) * (1 + np.abs(z))
+    ncoeff = np.select([spectype == "QSO", spectype == "STAR"], [4, 5], 10)
+    coeff = np.zeros((n, 10))
+    coeff[:, 0] = np.nanmean(np.concatenate([d["model"] for d in arms.values()], axis=1), axis=1)
+    return {
+        "TARGETID": cat["targetid"],
+        "Z": z,
+        "ZERR": zerr * rng.lognormal(0.0, 0.3, n),
+        "ZWARN": zwarn.astype(np.int64),
+        "CHI2": chi2,
+        "COEFF": coeff,
+        "NPIXELS": npix.astype(np.int64),
+        "SPECTYPE": spectype,
+        "SUBTYPE": subtype,
+        "NCOEFF": ncoeff.astype(np.int64),
+        "DELTACHI2": deltachi2,
+    }
+
+
+def _row_nanmedian(values: np.ndarray) -> np.ndarray:
+    """Median of the finite values of each row, NaN for a row without any.
+
+    Sorting puts NaN last, so the median sits at the middle of each row's finite prefix; this is
+    much faster than np.nanmedian along an axis.
+    """
+    ordered = np.sort(values, axis=1)
+    count = np.isfinite(values).sum(axis=1)
+    lo = np.take_along_axis(ordered, (np.maximum(count - 1, 0) // 2)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(ordered, (count // 2)[:, None], axis=1)[:, 0]
+    return np.where(count > 0, 0.5 * (lo + hi), np.nan)
+
+
+def _summaries(cat: Columns, arms: Arms) -> None:
+    """SCORES-like per-arm summaries and the truth table's median S/N over all good pixels."""
+    snr_all = []
+    for arm, d in arms.items():
+        good = (d["ivar"] > 0) & (d["mask"] == 0) & np.isfinite(d["flux"])
+        snr = np.where(good, d["flux"] * np.sqrt(np.abs(d["ivar"])), np.nan)
+        snr_all.append(snr)
+        lo, hi = SCORE_WINDOWS[arm]
+        win = (d["wave"] >= lo) & (d["wave"] <= hi)
+        flux = np.where(good[:, win], d["flux"][:, win], np.nan)
+        cat[f"median_flux_{arm}"] = np.nan_to_num(_row_nanmedian(flux))
+        cat[f"integ_flux_{arm}"] = np.nansum(flux, axis=1) * WAVE_STEP
+        cat[f"median_snr_{arm}"] = np.nan_to_num(_row_nanmedian(snr[:, win]))
+    cat["median_snr"] = _row_nanmedian(np.concatenate(snr_all, axis=1))
+    teff = cat["exptime"] / 1000.0
+    cat["tsnr2_qso"] = 40.0 * teff
+    cat["tsnr2_lya"] = 120.0 * teff
+    cat["tsnr2_elg"] = 90.0 * teff
+    cat["tsnr2_lrg"] = 80.0 * teff

@@ -1,0 +1,94 @@
+"""The public entry point: write a whole demo release (coadd + redrock files per pixel, truth table)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from qad_assets.demo.fits_writer import SURVEY, coadd_hdus, redrock_hdus, truth_table, write_fits
+from qad_assets.demo.pixel import simulate_pixel
+from qad_assets.demo.plan import plan_release
+from qad_assets.science.io.parquet_store import write_table_atomic
+
+
+@dataclass(frozen=True)
+class DemoRelease:
+    """What :func:`write_demo_release` wrote: paths are absolute, in pixel order."""
+
+    release: str
+    root: Path
+    coadd_paths: list[Path]
+    redrock_paths: list[Path]
+    truth_path: Path
+
+
+def write_demo_release(
+    root: Path,
+    *,
+    release: str = "demo",
+    n_pixels: int = 8,
+    targets_per_pixel: int = 400,
+    seed: int = 0,
+    anomaly_fraction: float = 0.05,
+) -> DemoRelease:
+    """Write a demo release under ``root`` in the DESI DR1 healpix layout, plus its truth table.
+
+    ``root/spectro/redux/<release>/healpix/main/<program>/<hpix//100>/<hpix>/{coadd,redrock}-...fits``
+    and ``root/truth-<release>.parquet``. The last pixel is in ``main/bright`` when there are two
+    or more. The output depends only on the arguments: the same arguments give the same bytes.
+    """
+    if not re.fullmatch(r"[a-z0-9]+", release):
+        raise ValueError(f"release must match [a-z0-9]+, got {release!r}")
+    if not 1 <= n_pixels <= 800:
+        raise ValueError("n_pixels must be in 1..800")
+    if targets_per_pixel > 5000:
+        raise ValueError("targets_per_pixel must be at most 5000 (BRICK_OBJID and fibre ranges)")
+    if not 0.0 <= anomaly_fraction <= 0.5:
+        raise ValueError("anomaly_fraction must be in [0, 0.5]")
+    root = Path(root).resolve()
+    plans = plan_release(n_pixels, targets_per_pixel, anomaly_fraction, seed)
+    coadds, redrocks, truth = [], [], []
+    for plan in plans:
+        rng = np.random.default_rng([seed, plan.healpix])
+        pixel = simulate_pixel(plan, rng)
+        folder = _pixel_dir(root, release, plan.program, plan.healpix)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{SURVEY}-{plan.program}-{plan.healpix}.fits"
+        coadd, redrock = folder / f"coadd-{stem}", folder / f"redrock-{stem}"
+        write_fits(coadd_hdus(pixel, plan, release, seed), coadd)
+        write_fits(redrock_hdus(pixel, plan, release, seed), redrock)
+        coadds.append(coadd)
+        redrocks.append(redrock)
+        truth.append(truth_table(pixel, plan, coadd.relative_to(root).as_posix()))
+    truth_path = write_table_atomic(pa.concat_tables(truth), root / f"truth-{release}.parquet")
+    return DemoRelease(release, root, coadds, redrocks, truth_path)
+
+
+def _pixel_dir(root: Path, release: str, program: str, healpix: int) -> Path:
+    return root.joinpath("spectro", "redux", release, "healpix", SURVEY, program, str(healpix // 100), str(healpix))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the embedded DESI-format demo release.")
+    parser.add_argument("root", type=Path, help="archive root (gets spectro/redux/<release>/...)")
+    parser.add_argument("--release", default="demo")
+    parser.add_argument("--n-pixels", type=int, default=8)
+    parser.add_argument("--targets-per-pixel", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--anomaly-fraction", type=float, default=0.05)
+    args = parser.parse_args(argv)
+    demo = write_demo_release(
+        args.root,
+        release=args.release,
+        n_pixels=args.n_pixels,
+        targets_per_pixel=args.targets_per_pixel,
+        seed=args.seed,
+        anomaly_fraction=args.anomaly_fraction,
+    )
+    print(f"wrote {len(demo.coadd_paths)} pixels of release {demo.release!r} under {demo.root}")
+    print(f"truth: {demo.truth_path}")

@@ -1,0 +1,236 @@
+"""One DESI coadd (+ its redrock file, or a QSO catalogue) → ``raw_spectra`` rows and a ledger row per input row.
+
+Bad input never raises from :func:`read_spectra_file`: it is quarantined in the ledger
+(:mod:`qad_assets.science.spectra.ledger`); the lower-level readers raise
+:class:`~qad_assets.errors.DesiFormatError`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+
+from qad_assets.errors import DesiFormatError
+from qad_assets.science.io.coadd import CoaddArms, read_coadd
+from qad_assets.science.io.fits_file import open_fits, required_column
+from qad_assets.science.io.redshifts import QsoCatalog, cached_qso_catalog, read_redshifts
+from qad_assets.science.spectra import ledger as lg
+from qad_assets.science.spectra.arms import NPIX, merge_arms
+from qad_assets.science.spectra.selection import pixel_reasons, selection_reasons
+from qad_assets.science.spectra.snr import arm_snr
+
+
+def _list_of(kind: pa.DataType) -> pa.DataType:
+    return pa.list_(kind, NPIX)
+
+
+RAW_SPECTRA_SCHEMA = pa.schema(
+    [
+        pa.field("TARGETID", pa.int64()),
+        pa.field("release", pa.string()),
+        pa.field("survey", pa.string()),
+        pa.field("program", pa.string()),
+        pa.field("healpix", pa.int32()),
+        pa.field("Z", pa.float64()),
+        pa.field("ZERR", pa.float64()),
+        pa.field("ZWARN", pa.int64()),
+        pa.field("Z_SOURCE", pa.string()),
+        pa.field("TARGET_RA", pa.float64()),
+        pa.field("TARGET_DEC", pa.float64()),
+        pa.field("flux", _list_of(pa.float32())),
+        pa.field("ivar", _list_of(pa.float32())),
+        pa.field("good", _list_of(pa.bool_())),
+        pa.field("snr_b", pa.float32()),
+        pa.field("snr_r", pa.float32()),
+        pa.field("snr_z", pa.float32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """Kept quasars (``RAW_SPECTRA_SCHEMA``) and the ledger of every input row (``LEDGER_SCHEMA``)."""
+
+    spectra: pa.Table
+    ledger: pa.Table
+
+
+def read_spectra_file(
+    coadd: str | os.PathLike[str],
+    redrock: str | os.PathLike[str] | None,
+    *,
+    release: str,
+    qso_catalog: QsoCatalog | str | os.PathLike[str] | None = None,
+    catalog_z: bool = True,
+    fs: fsspec.AbstractFileSystem | None = None,
+    archive_root: str | None = None,
+) -> ReadResult:
+    """Read one coadd into ``raw_spectra`` rows (quasars only) and a ledger row for every FIBERMAP row.
+
+    Each row gets the first reason that applies, in this order (filtered = not a usable quasar,
+    quarantined = bad input; filters act before pixel checks, so a SKY fiber with no data is filtered):
+
+    * file-level, quarantined (every FIBERMAP row if its TARGETIDs can be read, else one row -1):
+      ``corrupt_fits`` (unreadable or truncated), ``missing_hdu``, ``missing_column``, ``shape_mismatch``,
+      ``bad_wavelength`` (coadd); ``bad_redrock`` (redrock file unreadable); ``missing_redrock`` (no redrock
+      file and no QSO catalogue redshifts to fall back on); ``redrock_mismatch`` when its
+      row count differs from the coadd's.
+    * filtered: ``unassigned_fiber`` (TARGETID <= 0), ``not_target`` (OBJTYPE != TGT, when the column
+      exists), ``bad_fiberstatus`` (``COADD_FIBERSTATUS & ~8``, when it exists);
+    * row-level, quarantined: ``duplicate_targetid`` (every copy not filtered above),
+      ``redrock_mismatch`` (the REDSHIFTS TARGETID of that row differs from the coadd's);
+    * filtered: with a QSO catalogue, ``not_in_qso_catalog`` (membership replaces the redrock test, since
+      the catalogue adds afterburner quasars redrock calls GALAXY); without one, ``not_qso`` (SPECTYPE !=
+      QSO) then ``zwarn`` (ZWARN != 0);
+    * row-level, quarantined: ``nonfinite`` (NaN/inf ivar at a mask == 0 pixel, or NaN/inf flux where
+      ivar > 0 and mask == 0), ``negative_ivar`` (any pixel), ``no_good_pixels``.
+
+    Z and ZERR come from the catalogue when one is given and ``catalog_z`` (ZERR null if it has none),
+    else from redrock; ``Z_SOURCE`` says which. ZWARN is redrock's (the catalogue's when there is no
+    redrock file, null if neither). TARGET_RA/DEC come from the FIBERMAP, else the catalogue, else null.
+    ``qso_catalog`` may be a path (read once and cached) or a ``QsoCatalog``; a bad catalogue raises
+    ``DesiFormatError`` (it is configuration, not per-file input). ``file`` in the ledger is the coadd path
+    relative to ``archive_root`` when it lies under it.
+    """
+    if redrock is None and (qso_catalog is None or not catalog_z):
+        raise ValueError("no redshift source: give a redrock file, or a QSO catalogue with catalog_z=True")
+    catalog = (
+        cached_qso_catalog(os.fspath(qso_catalog), fs) if isinstance(qso_catalog, str | os.PathLike) else qso_catalog
+    )
+    coadd, label = os.fspath(coadd), _file_label(os.fspath(coadd), archive_root)
+    try:
+        arms = read_coadd(coadd, fs)
+    except DesiFormatError as err:
+        return _failed_file(label, err.reason, _readable_targetids(coadd, fs))
+    tid = arms.targetid
+    rr = None
+    if redrock is not None:
+        try:
+            rr = read_redshifts(redrock, fs)
+        except DesiFormatError as err:
+            return _failed_file(label, lg.reason("bad_redrock", err.reason), tid)
+        except FileNotFoundError:
+            if catalog is None or not catalog_z:
+                return _failed_file(label, lg.reason("missing_redrock", os.fspath(redrock)), tid)
+        if rr is not None and len(rr["TARGETID"]) != len(tid):
+            detail = f"{len(rr['TARGETID'])} REDSHIFTS rows for {len(tid)} FIBERMAP rows"
+            return _failed_file(label, lg.reason("redrock_mismatch", detail), tid)
+    cat_row = catalog.lookup(tid, arms.header.get("SURVEY")) if catalog is not None else None
+    reasons = selection_reasons(arms, rr, cat_row)
+    candidates = np.flatnonzero(reasons == "")
+    rows = None if len(candidates) == len(tid) else candidates
+    flux, ivar, good = merge_arms(arms, rows)
+    reasons[candidates] = pixel_reasons(arms, rows, good)
+    keep = reasons[candidates] == ""
+    if not keep.all():  # rare: copy only when a candidate was quarantined
+        flux, ivar, good = flux[keep], ivar[keep], good[keep]
+    kept = candidates[keep]
+    redshift = _redshifts(kept, rr, catalog, cat_row, catalog_z)
+    spectra = _spectra_table(arms, release, kept, redshift, flux, ivar, good, catalog, cat_row)
+    return ReadResult(spectra, lg.ledger_table(label, np.arange(len(tid)), tid, reasons))
+
+
+def _file_label(path: str, archive_root: str | None) -> str:
+    if archive_root:
+        root = str(archive_root).rstrip("/") + "/"
+        if path.startswith(root):
+            return path[len(root) :]
+    return path
+
+
+def _readable_targetids(path: str, fs: fsspec.AbstractFileSystem | None) -> np.ndarray | None:
+    """TARGETIDs of a broken file when its FIBERMAP still reads (to quarantine row by row), else None."""
+    try:
+        with open_fits(path, fs, check_size=False) as f:
+            return required_column(f.table("FIBERMAP", ("TARGETID",)), "TARGETID", np.int64, path, "FIBERMAP")
+    except DesiFormatError:
+        return None
+
+
+def _failed_file(label: str, why: str, targetids: np.ndarray | None) -> ReadResult:
+    empty = RAW_SPECTRA_SCHEMA.empty_table()
+    return ReadResult(empty, lg.file_failure(label, why, targetids))
+
+
+def _redshifts(
+    kept: np.ndarray,
+    rr: dict[str, np.ndarray] | None,
+    catalog: QsoCatalog | None,
+    cat_row: np.ndarray | None,
+    catalog_z: bool,
+) -> dict[str, pa.Array]:
+    def null(kind: pa.DataType) -> pa.Array:
+        return pa.nulls(kept.size, kind)
+
+    def from_cat(values: np.ndarray | None, kind: pa.DataType) -> pa.Array:
+        return null(kind) if values is None else pa.array(values[cat_row[kept]], kind)
+
+    if catalog is not None and catalog_z:
+        z, zerr, source = (
+            from_cat(catalog.z, pa.float64()),
+            from_cat(catalog.zerr, pa.float64()),
+            "qso_catalog",
+        )
+    else:
+        z, zerr, source = pa.array(rr["Z"][kept]), pa.array(rr["ZERR"][kept]), "redrock"
+    zwarn = pa.array(rr["ZWARN"][kept], pa.int64()) if rr is not None else from_cat(catalog.zwarn, pa.int64())
+    return {"Z": z, "ZERR": zerr, "ZWARN": zwarn, "Z_SOURCE": pa.array([source] * kept.size, pa.string())}
+
+
+def _position(
+    arms: CoaddArms,
+    name: str,
+    kept: np.ndarray,
+    catalog_values: np.ndarray | None,
+    cat_row: np.ndarray | None,
+) -> pa.Array:
+    if name in arms.fibermap:
+        return pa.array(arms.fibermap[name][kept], pa.float64())
+    if catalog_values is not None and cat_row is not None:
+        return pa.array(catalog_values[cat_row[kept]], pa.float64())
+    return pa.nulls(kept.size, pa.float64())
+
+
+def _fixed_list(values: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, 7781) numpy -> fixed_size_list without Python loops (zero-copy for float32)."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), NPIX)
+
+
+def _spectra_table(
+    arms: CoaddArms,
+    release: str,
+    kept: np.ndarray,
+    redshift: dict[str, pa.Array],
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    good: np.ndarray,
+    catalog: QsoCatalog | None = None,
+    cat_row: np.ndarray | None = None,
+) -> pa.Table:
+    n = kept.size
+    hdr = arms.header
+    healpix = int(hdr["HPXPIXEL"]) if "HPXPIXEL" in hdr else -1
+
+    def const(value: Any, kind: pa.DataType) -> pa.Array:
+        return pa.array([value] * n, kind)
+
+    columns = {
+        "TARGETID": pa.array(arms.targetid[kept], pa.int64()),
+        "release": const(release, pa.string()),
+        "survey": const(hdr.get("SURVEY"), pa.string()),
+        "program": const(hdr.get("PROGRAM"), pa.string()),
+        "healpix": const(healpix, pa.int32()),
+        **redshift,
+        "TARGET_RA": _position(arms, "TARGET_RA", kept, catalog.target_ra if catalog else None, cat_row),
+        "TARGET_DEC": _position(arms, "TARGET_DEC", kept, catalog.target_dec if catalog else None, cat_row),
+        "flux": _fixed_list(flux),
+        "ivar": _fixed_list(ivar),
+        "good": _fixed_list(good),
+        **arm_snr(flux, ivar, good),
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in RAW_SPECTRA_SCHEMA], schema=RAW_SPECTRA_SCHEMA)
