@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 
 from jobs.jobs import report_job, score_job, score_with_champion_job, spectra_job, train_job
@@ -15,10 +18,16 @@ from qad_assets.assets.vae_model import vae_model
 from qad_assets.assets.validation_report import validation_report
 from resources import resources_from_env
 
-defs = dg.Definitions(
-    assets=[raw_spectra, normalized_spectra, spectral_features, vae_model, anomaly_scores, validation_report],
-    jobs=[spectra_job, train_job, score_job, score_with_champion_job, report_job],
-    schedules=[nightly_pipeline],
-    sensors=[new_release_partitions],
-    resources=resources_from_env(),
-)
+
+def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
+    """The code location with these resources: the CLI passes its own, built from a run's settings."""
+    return dg.Definitions(
+        assets=[raw_spectra, normalized_spectra, spectral_features, vae_model, anomaly_scores, validation_report],
+        jobs=[spectra_job, train_job, score_job, score_with_champion_job, report_job],
+        schedules=[nightly_pipeline],
+        sensors=[new_release_partitions],
+        resources=resources,
+    )
+
+
+defs = build_definitions(resources_from_env())

@@ -1,11 +1,12 @@
-"""Resources, chosen per environment in one place (``resources_from_env``)."""
+"""Resources, built in one place: ``build_resources`` for given settings, ``resources_from_env`` for the
+code location."""
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
+from qad_assets import config
+from qad_assets.config import Settings
 from resources.archive import ArchiveResource
 from resources.gpu import GpuResource
 from resources.mlflow import MlflowResource
@@ -13,27 +14,23 @@ from resources.ray import RayResource
 from resources.storage import StorageResource
 
 
-def resources_from_env() -> dict[str, dg.ConfigurableResource]:
-    """The resources of the code location, configured from environment variables.
-
-    ``QAD_STORAGE`` (storage root) and ``QAD_ARCHIVE`` (DESI tree) are required at run time;
-    ``QAD_SPECPROD``, ``QAD_QSO_CATALOG``, ``QAD_DEVICE`` (auto/cuda/cpu),
-    ``MLFLOW_TRACKING_URI``, ``RAY_ADDRESS`` and
-    ``QAD_RAY_NUM_CPUS`` are optional.
+def build_resources(
+    settings: Settings, *, storage: str | dg.EnvVar, archive: str | dg.EnvVar
+) -> dict[str, dg.ConfigurableResource]:
+    """The resources for ``settings``. ``storage`` and ``archive`` come apart so that the code location can
+    pass ``dg.EnvVar``s, read when a run starts, while the CLI passes its own paths.
     """
     return {
-        "storage": StorageResource(root=dg.EnvVar("QAD_STORAGE")),
-        "archive": ArchiveResource(
-            root=dg.EnvVar("QAD_ARCHIVE"),
-            specprod=os.environ.get("QAD_SPECPROD") or None,
-            qso_catalog=os.environ.get("QAD_QSO_CATALOG") or None,
-        ),
-        "mlflow": MlflowResource(
-            storage_root=dg.EnvVar("QAD_STORAGE"), tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")
-        ),
-        "gpu": GpuResource(device=os.environ.get("QAD_DEVICE", "auto")),
-        "ray": RayResource(
-            address=os.environ.get("RAY_ADDRESS") or None,
-            num_cpus=int(os.environ["QAD_RAY_NUM_CPUS"]) if os.environ.get("QAD_RAY_NUM_CPUS") else None,
-        ),
+        "storage": StorageResource(root=storage),
+        "archive": ArchiveResource(root=archive, specprod=settings.specprod, qso_catalog=settings.qso_catalog),
+        "mlflow": MlflowResource(storage_root=storage, tracking_uri=settings.mlflow_tracking_uri),
+        "gpu": GpuResource(device=settings.device),
+        "ray": RayResource(address=settings.ray_address, num_cpus=settings.ray_num_cpus),
     }
+
+
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """The code location's resources: ``config.REQUIRED`` (storage root, DESI tree) must be set when a run
+    starts, ``config.OPTIONAL`` are read now (``qad_assets.config``).
+    """
+    return build_resources(Settings.from_env(), storage=dg.EnvVar(config.STORAGE), archive=dg.EnvVar(config.ARCHIVE))

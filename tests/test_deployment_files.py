@@ -7,7 +7,6 @@ check names the files it compares, so a value changed in one place fails here, n
 
 from __future__ import annotations
 
-import ast
 import importlib
 import json
 import re
@@ -214,22 +213,22 @@ def ray_pod_specs(raycluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def code_env_names() -> tuple[set[str], set[str]]:
-    """(required, optional) env vars of resources_from_env: ``dg.EnvVar("X")`` must be set at run time,
-    ``os.environ.get("X")`` / ``os.environ["X"]`` may be absent. Read from the source, so a new variable
-    in resources/__init__.py is checked here without editing this test.
+    """(required, optional) env vars of the code location: the ``dg.EnvVar``s of resources_from_env must be
+    set at run time, ``qad_assets.config.OPTIONAL`` may be absent. Read from the code, so a new variable
+    in qad_assets/config.py is checked here without editing this test.
     """
-    tree = ast.parse((ROOT / "resources" / "__init__.py").read_text())
-    required, optional = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
-            func = ast.unparse(node.func)
-            if func.endswith("EnvVar"):
-                required.add(node.args[0].value)
-            elif func == "os.environ.get":
-                optional.add(node.args[0].value)
-        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
-            optional.add(ast.literal_eval(node.slice))
-    return required, optional - required
+    import dagster as dg
+
+    from qad_assets import config
+    from resources import resources_from_env
+
+    required = {
+        value.env_var_name
+        for resource in resources_from_env().values()
+        for value in (getattr(resource, field) for field in type(resource).model_fields)
+        if isinstance(value, dg.EnvVar)
+    }
+    return required, set(config.OPTIONAL) - required
 
 
 # ---------------------------------------------------------------------------------------------------

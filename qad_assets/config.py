@@ -1,0 +1,90 @@
+"""The project's configuration: every environment variable it reads, named and read here only.
+
+One module so that the code location, the CLI and the scoring service agree on the names and on what an
+empty value means (unset). No Dagster import: the service reads it too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+
+STORAGE = "QAD_STORAGE"
+ARCHIVE = "QAD_ARCHIVE"
+SPECPROD = "QAD_SPECPROD"
+QSO_CATALOG = "QAD_QSO_CATALOG"
+DEVICE = "QAD_DEVICE"
+MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+RAY_ADDRESS = "RAY_ADDRESS"
+RAY_NUM_CPUS = "QAD_RAY_NUM_CPUS"
+#: Dagster's own variable, set only for a child process (``qad ui``): ``<storage>/dagster_home``.
+DAGSTER_HOME = "DAGSTER_HOME"
+
+#: What a run needs; the code location loads without them (they are ``dg.EnvVar``s until a run starts).
+REQUIRED = (STORAGE, ARCHIVE)
+OPTIONAL = (SPECPROD, QSO_CATALOG, DEVICE, MLFLOW_TRACKING_URI, RAY_ADDRESS, RAY_NUM_CPUS)
+
+Device = Literal["auto", "cuda", "cpu"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the products, the DESI tree, the MLflow registry and Ray are, and which torch device to use.
+
+    ``storage`` and ``archive`` are None when unset; ``device`` is ``auto`` (CUDA if available), ``cuda``
+    or ``cpu``; an empty ``mlflow_tracking_uri`` means the SQLite registry under the storage root.
+    """
+
+    storage: str | None = None
+    archive: str | None = None
+    specprod: str | None = None
+    qso_catalog: str | None = None
+    device: Device = "auto"
+    mlflow_tracking_uri: str = ""
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """The settings ``environ`` gives; an empty variable is the same as an unset one."""
+
+        def get(name: str) -> str | None:
+            return environ.get(name) or None
+
+        cpus = get(RAY_NUM_CPUS)
+        return cls(
+            storage=get(STORAGE),
+            archive=get(ARCHIVE),
+            specprod=get(SPECPROD),
+            qso_catalog=get(QSO_CATALOG),
+            device=cast(Device, get(DEVICE) or "auto"),
+            mlflow_tracking_uri=get(MLFLOW_TRACKING_URI) or "",
+            ray_address=get(RAY_ADDRESS),
+            ray_num_cpus=int(cpus) if cpus else None,
+        )
+
+    def dagster_home(self) -> Path | None:
+        """The storage root's Dagster instance folder, where its runs are recorded."""
+        return Path(self.storage) / "dagster_home" if self.storage else None
+
+    def environment(self) -> dict[str, str]:
+        """The variables that give a child process exactly these settings: every one, empty when unset, so
+        that nothing the parent's environment holds overrides them; with a storage root, ``DAGSTER_HOME``.
+        """
+        values = {
+            STORAGE: self.storage,
+            ARCHIVE: self.archive,
+            SPECPROD: self.specprod,
+            QSO_CATALOG: self.qso_catalog,
+            DEVICE: self.device,
+            MLFLOW_TRACKING_URI: self.mlflow_tracking_uri,
+            RAY_ADDRESS: self.ray_address,
+            RAY_NUM_CPUS: None if self.ray_num_cpus is None else str(self.ray_num_cpus),
+        }
+        env = {name: value or "" for name, value in values.items()}
+        if (home := self.dagster_home()) is not None:
+            env[DAGSTER_HOME] = str(home)
+        return env
