@@ -1,4 +1,4 @@
-"""MLflow: experiment tracking and the ``qad-vae`` model registry (local SQLite store by default)."""
+"""MLflow for the assets: ``ModelRegistry`` (``qad_assets.science.model.registry``) as a Dagster resource."""
 
 from __future__ import annotations
 
@@ -6,22 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import mlflow
-import numpy as np
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
 
-from qad_assets.science.model import pyfunc as vae_pyfunc
+from qad_assets.science.model.registry import CHALLENGER, CHAMPION, ModelRegistry
 
-CHALLENGER = "challenger"
-CHAMPION = "champion"
+__all__ = ["CHALLENGER", "CHAMPION", "MlflowResource"]
 
 
 class MlflowResource(dg.ConfigurableResource):
     """Where runs and models go: ``tracking_uri`` (``MLFLOW_TRACKING_URI``), else a SQLite-backed store
-    under ``<storage_root>/mlflow`` so the registry works with no server.
+    under ``<storage_root>/mlflow``. Every method is the ``ModelRegistry``'s with these fields.
     """
 
     storage_root: str
@@ -29,24 +23,17 @@ class MlflowResource(dg.ConfigurableResource):
     experiment: str = "desi-qad"
     registered_model: str = "qad-vae"
 
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.storage_root, self.tracking_uri, self.experiment, self.registered_model)
+
     def uri(self) -> str:
-        if self.tracking_uri:
-            return self.tracking_uri
-        folder = Path(self.storage_root) / "mlflow"
-        folder.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{folder / 'mlflow.db'}"
+        return self.registry().uri()
 
     def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.uri(), registry_uri=self.uri())
+        return self.registry().client()
 
     def experiment_id(self) -> str:
-        """The experiment, created with its artifacts under the storage root on first use."""
-        client = self.client()
-        found = client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        artifacts = (Path(self.storage_root) / "mlflow" / "artifacts").as_uri() if not self.tracking_uri else None
-        return client.create_experiment(self.experiment, artifact_location=artifacts)
+        return self.registry().experiment_id()
 
     def log_model_version(
         self,
@@ -57,64 +44,19 @@ class MlflowResource(dg.ConfigurableResource):
         history: dict[str, list[float]],
         tags: dict[str, str],
     ) -> tuple[str, str]:
-        """Log a trained model (params, per-epoch losses, tags, the model as code + weights) and register
-        a new version of ``registered_model``; returns ``(run_id, version)``.
-        """
-        mlflow.set_tracking_uri(self.uri())
-        mlflow.set_registry_uri(self.uri())
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, npix), "spectra")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float64), (-1, 3), "reduced_chi2_kl_amplitude")]),
-        )
-        with mlflow.start_run(experiment_id=self.experiment_id(), tags=tags) as run:
-            mlflow.log_params({k: str(v) for k, v in params.items()})
-            for epoch in range(len(history.get("val_loss", []))):
-                mlflow.log_metrics({k: float(v[epoch]) for k, v in history.items()}, step=epoch)
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=vae_pyfunc.__file__,
-                artifacts={"model_dir": str(model_dir)},
-                signature=signature,
-                registered_model_name=self.registered_model,
-            )
-        version = str(info.registered_model_version)
-        client = self.client()
-        for key, value in tags.items():
-            client.set_model_version_tag(self.registered_model, version, key, value)
-        return run.info.run_id, version
+        return self.registry().log_model_version(model_dir, npix=npix, params=params, history=history, tags=tags)
 
     def set_alias(self, alias: str, version: str) -> None:
-        self.client().set_registered_model_alias(self.registered_model, alias, version)
+        self.registry().set_alias(alias, version)
 
     def version_for(self, reference: str) -> str:
-        """A version number for ``reference``: an alias (``champion``) or a version number."""
-        if reference.isdigit():
-            return reference
-        return str(self.client().get_model_version_by_alias(self.registered_model, reference).version)
+        return self.registry().version_for(reference)
 
     def alias_version(self, alias: str) -> str | None:
-        """The version ``alias`` points at, None when the alias is not set (or the model not registered)."""
-        try:
-            aliases = self.client().get_registered_model(self.registered_model).aliases
-        except MlflowException as err:
-            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
-        return str(aliases[alias]) if alias in aliases else None
+        return self.registry().alias_version(alias)
 
     def version_tags(self, version: str) -> dict[str, str]:
-        """Tags of a registered version (``release``: what it was trained on, ``dagster_run_id``, ...)."""
-        return dict(self.client().get_model_version(self.registered_model, version).tags)
+        return self.registry().version_tags(version)
 
     def download_model_dir(self, reference: str, dst: Path) -> Path:
-        """The model's weights directory for an alias or version, copied locally; nothing is unpickled.
-
-        Only the logged ``artifacts`` (weights + scorer) are fetched, from the version's own artifact
-        location: no ``models:/`` URI, so no process-wide registry URI is needed.
-        """
-        version = self.version_for(reference)
-        source = self.client().get_model_version_download_uri(self.registered_model, version)
-        root = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{source.rstrip('/')}/artifacts", dst_path=str(dst), tracking_uri=self.uri()
-        )
-        return next(Path(root).iterdir())
+        return self.registry().download_model_dir(reference, dst)

@@ -26,7 +26,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from qad_assets.science.device import DeviceChoice
 from qad_assets.science.io.redshifts import read_qso_catalog
+from qad_assets.science.model.registry import CHALLENGER, CHAMPION
 from qad_assets.science.spectra.arms import BRZ_WAVE
 from qad_assets.science.spectra.observed import normalize_observed, observed_spectrum
 from qad_assets.service.inputs import (
@@ -40,8 +42,6 @@ from qad_assets.service.registry import LoadedModel, RegistryModels
 from qad_assets.service.schema import ErrorResponse, ScoreRequest, ScoreResponse
 from qad_assets.service.settings import ServiceSettings
 from qad_assets.service.shadow import ShadowLog
-from resources.gpu import GpuResource
-from resources.mlflow import CHALLENGER, CHAMPION
 
 log = logging.getLogger("qad.service")
 
@@ -138,10 +138,10 @@ def score_together(model: LoadedModel, items: list[RestFrameSpectra]) -> list[Sc
 class ScoringService:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
-        self.device = str(GpuResource(device=settings.device).torch_device())
+        self.device = str(DeviceChoice(settings.device).torch_device())
         self.catalog = read_qso_catalog(settings.qso_catalog) if settings.qso_catalog else None  # fail at start
         aliases = (CHAMPION, CHALLENGER) if settings.shadow_fraction > 0 else (CHAMPION,)
-        self.models = RegistryModels(settings.mlflow(), aliases=aliases, device=self.device)
+        self.models = RegistryModels(settings.registry(), aliases=aliases, device=self.device)
         self.models.refresh()
         self._warm_up()
         self.shadow = ShadowLog(settings.shadow_folder())
@@ -326,7 +326,7 @@ def build_app(
     device as CUDA; give it explicitly when the replicas run on cluster nodes that differ from here.
     """
     if gpus_per_replica is None:
-        gpus_per_replica = 1.0 if GpuResource(device=settings.device).torch_device().type == "cuda" else 0.0
+        gpus_per_replica = 1.0 if DeviceChoice(settings.device).torch_device().type == "cuda" else 0.0
     options = {"num_cpus": 1, "num_gpus": gpus_per_replica}
     return ScoringService.options(num_replicas=replicas, ray_actor_options=options).bind(settings)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qad_assets.science.model.package import ScoringModel
-from resources.mlflow import MlflowResource
+from qad_assets.science.model.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ class LoadedModel:
 class RegistryModels:
     """Holds one loaded version per alias in ``aliases`` (``champion``, optionally ``challenger``)."""
 
-    def __init__(self, mlflow: MlflowResource, *, aliases: Sequence[str], device: str = "cpu") -> None:
+    def __init__(self, registry: ModelRegistry, *, aliases: Sequence[str], device: str = "cpu") -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in service logs
-        self.mlflow, self.aliases, self.device = mlflow, tuple(aliases), device
+        self.registry, self.aliases, self.device = registry, tuple(aliases), device
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -57,13 +57,13 @@ class RegistryModels:
         """Follow every alias to its current version, loading what changed; returns alias → version."""
         with self._lock:
             for alias in self.aliases:
-                version = self.mlflow.alias_version(alias)
+                version = self.registry.alias_version(alias)
                 current = self._loaded.get(alias)
                 if version is None:
                     self._loaded.pop(alias, None)
                 elif current is None or current.version != version:
-                    self._loaded[alias] = LoadedModel(self.mlflow.registered_model, alias, self._scoring(version))
-                    log.info("%s is now %s version %s", alias, self.mlflow.registered_model, version)
+                    self._loaded[alias] = LoadedModel(self.registry.registered_model, alias, self._scoring(version))
+                    log.info("%s is now %s version %s", alias, self.registry.registered_model, version)
             return {alias: m.version if (m := self._loaded.get(alias)) else None for alias in self.aliases}
 
     def _scoring(self, version: str) -> ScoringModel:
@@ -73,7 +73,7 @@ class RegistryModels:
         for held in self._loaded.values():
             if held.version == version:
                 return held.scoring
-        release = self.mlflow.version_tags(version).get("release")
+        release = self.registry.version_tags(version).get("release")
         with tempfile.TemporaryDirectory(prefix=f"qad-model-v{version}-") as tmp:
-            model_dir = self.mlflow.download_model_dir(version, Path(tmp))
+            model_dir = self.registry.download_model_dir(version, Path(tmp))
             return ScoringModel.load(model_dir, version=version, training_release=release, device=self.device)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from resources.mlflow import MlflowResource
+from qad_assets.config import Settings
+from qad_assets.science.model.registry import ModelRegistry
 
 
 class ServiceSettings(BaseModel):
@@ -28,19 +28,20 @@ class ServiceSettings(BaseModel):
 
     @classmethod
     def from_env(cls, storage_root: str, **options: Any) -> ServiceSettings:
-        """Settings from the variables the pipeline reads too: ``MLFLOW_TRACKING_URI``, ``QAD_DEVICE``,
-        ``QAD_QSO_CATALOG``; ``options`` (the command line) come on top.
+        """Settings from the variables the pipeline reads too (``qad_assets.config``): the MLflow tracking
+        URI, the device, the QSO catalogue; ``options`` (the command line) come on top.
         """
+        env = Settings.from_env()
         return cls(
             storage_root=storage_root,
-            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
-            device=os.environ.get("QAD_DEVICE") or "auto",
-            qso_catalog=os.environ.get("QAD_QSO_CATALOG") or None,
+            tracking_uri=env.mlflow_tracking_uri,
+            device=env.device,
+            qso_catalog=env.qso_catalog,
             **options,
         )
 
-    def mlflow(self) -> MlflowResource:
-        return MlflowResource(
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(
             storage_root=self.storage_root, tracking_uri=self.tracking_uri, registered_model=self.registered_model
         )
 
