@@ -1,0 +1,141 @@
+"""The pipeline as ``qad`` runs it: a storage root's settings and Dagster instance, the partitions found in
+an archive, and the runs that materialize them.
+
+Nothing here touches the process environment: the resources are built from a run's settings and the
+instance is opened from ``<storage>/dagster_home``, so runs made here show in ``qad ui`` afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qad_assets.config import Settings
+from qad_assets.errors import UserError
+
+if TYPE_CHECKING:  # Dagster is imported when a run starts, not for ``qad --help``
+    import dagster as dg
+
+SETTINGS_FILE = "qad-settings.json"
+#: The Dagster instance of a storage root, shipped as package data (the top-level dagster.yaml links here).
+INSTANCE_TEMPLATE = resources.files("qad_assets.cli") / "dagster.yaml"
+#: The pipeline as runs, in order: (job, partitioned by spectra partitions rather than by release).
+PIPELINE = (("qad_spectra", True), ("qad_train", False), ("qad_score", True), ("qad_report", False))
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a storage root runs on, saved beside it so that ``qad ui`` opens what ``qad run`` used; the
+    rest of the configuration (device, MLflow, Ray) comes from the environment.
+    """
+
+    storage: Path
+    archive: str
+    specprod: str | None = None
+    qso_catalog: str | None = None
+
+    def settings(self) -> Settings:
+        """The whole configuration: the environment's, with this storage root, archive and production."""
+        return replace(
+            Settings.from_env(),
+            storage=str(self.storage),
+            archive=self.archive,
+            specprod=self.specprod,
+            qso_catalog=self.qso_catalog,
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The variables that give a child process (``dagster dev``) this code location and instance."""
+        return self.settings().environment()
+
+    def save(self) -> None:
+        (self.storage / SETTINGS_FILE).write_text(
+            json.dumps({"archive": self.archive, "specprod": self.specprod, "qso_catalog": self.qso_catalog}, indent=2)
+        )
+
+    @classmethod
+    def load(cls, storage: Path) -> RunSettings | None:
+        path = storage / SETTINGS_FILE
+        if not path.exists():
+            return None
+        return cls(storage=storage, **json.loads(path.read_text()))
+
+
+def storage_root(value: str | None) -> Path:
+    """``--storage``, else the configured storage root, else ``./storage``; created if missing."""
+    root = Path(value or Settings.from_env().storage or "storage").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def prepare_instance_home(storage: Path) -> Path:
+    """``<storage>/dagster_home`` holding the project's ``dagster.yaml``."""
+    home = storage / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_bytes(INSTANCE_TEMPLATE.read_bytes())
+    return home
+
+
+def find_partitions(archive: str, release: str | None, specprod: str | None) -> tuple[str, str, list[str]]:
+    """(release, specprod, partition keys) of the healpix coadds found in ``archive``."""
+    from qad_assets.partitions import archive_partition_keys
+    from qad_assets.science.io.archive import list_specprods
+
+    specprods = list_specprods(archive)
+    if specprod is None:
+        if not specprods:
+            raise UserError(f"{archive}: no spectro/redux/<specprod>/ folder (is this a DESI archive root?)")
+        if len(specprods) > 1:
+            raise UserError(f"{archive}: several productions {specprods}; choose one with --specprod")
+        specprod = specprods[0]
+    release = release or specprod
+    if not release.isalnum() or release != release.lower():
+        raise UserError(f"release name {release!r} must be lower-case letters and digits (use --release)")
+    keys = archive_partition_keys(archive, specprod, release)
+    if not keys:
+        raise UserError(f"{archive}/spectro/redux/{specprod}/healpix: no coadd-<survey>-<program>-<pix>.fits files")
+    return release, specprod, keys
+
+
+def materialize(settings: RunSettings, release: str, keys: list[str]) -> list[dg.ExecuteInProcessResult]:
+    """Materialize the release through the storage root's Dagster instance: the spectra partitions in as few
+    runs as their order allows, then the per-release products. Stops at the first failed run; returns the
+    results of the runs made.
+    """
+    import dagster as dg
+
+    from qad_assets.definitions import build_definitions
+    from qad_assets.partitions import contiguous_ranges, range_tags, release_partitions, spectra_partitions
+    from resources import build_resources
+
+    defs = build_definitions(
+        build_resources(settings.settings(), storage=str(settings.storage), archive=settings.archive)
+    )
+    with dg.DagsterInstance.from_config(str(prepare_instance_home(settings.storage))) as instance:
+        add_partitions(instance, spectra_partitions.name, keys)
+        add_partitions(instance, release_partitions.name, [release])
+        order = instance.get_dynamic_partitions(spectra_partitions.name)
+        ranges = [{"tags": range_tags(first, last)} for first, last in contiguous_ranges(order, keys)]
+        runs = [
+            (job, selection)
+            for job, per_spectra in PIPELINE
+            for selection in (ranges if per_spectra else [{"partition_key": release}])
+        ]
+        results = []
+        for job_name, selection in runs:
+            result = defs.resolve_job_def(job_name).execute_in_process(
+                instance=instance, run_config=QUIET, raise_on_error=False, **selection
+            )
+            results.append(result)
+            if not result.success:
+                break
+    return results
+
+
+def add_partitions(instance: dg.DagsterInstance, name: str, keys: list[str]) -> None:
+    known = set(instance.get_dynamic_partitions(name))
+    instance.add_dynamic_partitions(name, [k for k in keys if k not in known])

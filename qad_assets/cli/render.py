@@ -1,0 +1,98 @@
+"""What ``qad`` prints about its runs: the asset checks, the summary table and why a run failed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+COUNTS = ("partitions", "rows_in", "rows_kept", "rows_filtered", "rows_quarantined", "seconds")
+#: What the summary shows for a per-release product, which has no row counts.
+RELEASE_FIELDS = (
+    "model_version",
+    "val_reduced_chi2",
+    "epochs_run",
+    "overall_auroc",
+    "pca_auroc",
+    "snr_spearman_vae",
+    "promoted_to_champion",
+    "report",
+)
+
+
+def check_rows(result: dg.ExecuteInProcessResult) -> list[dict]:
+    """Every asset check evaluated in a run: asset, check, passed, severity, description."""
+    return [
+        {
+            "asset": evaluation.asset_key.to_user_string(),
+            "check": evaluation.check_name,
+            "passed": evaluation.passed,
+            "severity": evaluation.severity.value,
+            "description": evaluation.description or "",
+        }
+        for evaluation in result.get_asset_check_evaluations()
+    ]
+
+
+def print_checks(checks: list[dict]) -> None:
+    """The asset checks as a table; a failed ERROR check blocks what is downstream of its asset."""
+    if not checks:
+        return
+    print(f"\n{'asset':<22}{'check':<24}{'result':<10}description", file=sys.stderr)
+    for c in checks:
+        result = "pass" if c["passed"] else ("FAIL" if c["severity"] == "ERROR" else "warn")
+        print(f"{c['asset']:<22}{c['check']:<24}{result:<10}{c['description']}", file=sys.stderr)
+
+
+def stage_rows(result: dg.ExecuteInProcessResult) -> list[dict]:
+    """One summary row per asset of a run, from its materialization metadata.
+
+    A run over a partition range records one event per partition, all with the run's totals.
+    """
+    rows: dict[str, dict] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.materialization
+        stage = materialization.asset_key.to_user_string()
+        rows[stage] = {"stage": stage, **{k: v.value for k, v in materialization.metadata.items()}}
+    return list(rows.values())
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """Each failed step and its error, for a run that did not succeed."""
+    messages = [
+        f"{event.step_key}: {event.step_failure_data.error.message.strip()}"
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data.error is not None
+    ]
+    return "pipeline run failed\n" + "\n".join(messages or [f"run {result.run_id} did not succeed"])
+
+
+def print_summary(rows: list[dict], seconds: float, storage: Path) -> None:
+    """Rows in/kept/filtered/quarantined per stage (or the key figures of a per-release product), time,
+    and where the outputs are.
+    """
+    totals: dict[str, dict] = {}
+    for row in rows:
+        total = totals.setdefault(row["stage"], dict.fromkeys(COUNTS, 0) | {"detail": ""})
+        for name in COUNTS:
+            total[name] += row.get(name, 0)
+        total["detail"] = ", ".join(
+            f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in RELEASE_FIELDS if k in row
+        )
+    header = f"{'stage':<22}{'partitions':>11}{'in':>9}{'kept':>9}{'filtered':>10}{'quarantined':>13}{'cpu s':>9}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for stage, t in totals.items():
+        if t["detail"]:
+            print(f"{stage:<22}{t['detail']}")
+            continue
+        print(
+            f"{stage:<22}{t['partitions']:>11}{t['rows_in']:>9}{t['rows_kept']:>9}{t['rows_filtered']:>10}"
+            f"{t['rows_quarantined']:>13}{t['seconds']:>9.1f}"
+        )
+    print(f"\nwall time {seconds:.1f} s")
+    for stage in totals:
+        print(f"{stage:<22}{storage / stage}")
+    print(f"{'dagster instance':<22}{storage / 'dagster_home'}   (open with: qad ui --storage {storage})")
