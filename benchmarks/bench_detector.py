@@ -21,7 +21,6 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +30,10 @@ from qad_assets.demo import read_demo_spectra
 from qad_assets.demo.release import write_demo_release
 from qad_assets.science.model.scoring import Scorer, fit_scorer, score_spectra
 from qad_assets.science.model.split import select_rows
-from qad_assets.science.model.training import SpectraArrays, TrainOptions, train_vae
+from qad_assets.science.model.training import TrainOptions, train_vae
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig
-from qad_assets.science.spectra.rest_frame import REST_GRID, lya_forest_mask
-from qad_assets.science.spectra.snr import spectrum_snr
+from qad_assets.science.spectra.container import Spectra
+from qad_assets.science.spectra.rest_frame import REST_GRID
 from qad_assets.science.validation.baselines import IsolationForestBaseline, PcaBaseline
 from qad_assets.science.validation.evaluation import (
     METHODS,
@@ -47,29 +46,17 @@ from qad_assets.science.validation.evaluation import (
 from qad_assets.science.validation.injection import injection_set
 
 
-@dataclass(frozen=True)
-class Release:
-    """Normalized kept quasars of a demo release, with their truth."""
-
-    targetid: np.ndarray
-    flux: np.ndarray
-    ivar: np.ndarray
-    z: np.ndarray
-    snr: np.ndarray
-    anomaly_class: np.ndarray  # '' for normal quasars
-
-
-def load_release(root: Path, seed: int) -> Release:
+def load_release(root: Path, seed: int) -> Spectra:
+    """Normalized kept quasars of a demo release; column ``anomaly_class`` ('' for normal quasars)."""
     spectra, classes = read_demo_spectra(write_demo_release(root, seed=seed))
-    return Release(spectra.targetid, spectra.flux, spectra.ivar, spectra.z, spectra.snr, anomaly_class=classes)
+    return spectra.with_columns(anomaly_class=classes)
 
 
-def train(release: Release, seed: int, epochs: int) -> SpectrumVAE:
+def train(release: Spectra, seed: int, epochs: int) -> SpectrumVAE:
     """The pipeline's defaults (``qad_assets.assets.vae_model.VaeTrainingConfig``)."""
     options = TrainOptions(seed=seed, max_epochs=epochs, patience=5, batch_size=256, learning_rate=1e-3)
-    source = SpectraArrays(release.targetid, release.flux, release.ivar)
     start = time.perf_counter()
-    result = train_vae(source, lya_forest_mask(REST_GRID), VaeConfig(), options)
+    result = train_vae(release, REST_GRID, VaeConfig(), options)
     print(
         f"seed {seed}: trained in {time.perf_counter() - start:.0f} s, {result.epochs_run} epochs "
         f"(best {result.best_epoch}), val χ²/pixel {result.best_val_reduced_chi2:.3f}"
@@ -77,16 +64,11 @@ def train(release: Release, seed: int, epochs: int) -> SpectrumVAE:
     return result.model
 
 
-def fit_and_score(model: SpectrumVAE, release: Release, val_fraction: float) -> tuple[Scorer, np.ndarray, float]:
+def fit_and_score(model: SpectrumVAE, release: Spectra, val_fraction: float) -> tuple[Scorer, np.ndarray, float]:
     """The scorer, every spectrum's anomaly score, and scoring throughput (spectra/s, fit excluded)."""
-    scorer = fit_scorer(
-        model, release.flux, release.ivar, release.snr, release.targetid, val_fraction=val_fraction, grid=REST_GRID
-    )
+    scorer = fit_scorer(model, release, val_fraction=val_fraction, grid=REST_GRID)
     start = time.perf_counter()
-    in_training = scorer.training_rows(release.targetid)
-    out = score_spectra(
-        model, scorer, release.flux, release.ivar, release.z, release.snr, REST_GRID, in_training=in_training
-    )
+    out = score_spectra(model, scorer, release, REST_GRID, in_training=scorer.training_rows(release.targetid))
     return scorer, out["anomaly_score"], len(release.z) / (time.perf_counter() - start)
 
 
@@ -100,34 +82,23 @@ def injection_tables(
     model: SpectrumVAE,
     scorer: Scorer,
     baselines: tuple[PcaBaseline, IsolationForestBaseline],
-    release: Release,
+    release: Spectra,
     val_fraction: float,
     per_class: int,
 ) -> None:
     """Injected anomalies on held-out normal hosts, judged against those hosts: every method per class,
     and the VAE per class and strength.
     """
-    hosts = select_rows(release.targetid, "val", val_fraction) & (release.anomaly_class == "")
-    flux, ivar, labels = injection_set(
-        release.flux[hosts],
-        release.ivar[hosts],
-        release.z[hosts],
-        release.snr[hosts],
-        release.targetid[hosts],
-        REST_GRID,
-        per_class=per_class,
-        rng=np.random.default_rng(0),
-    )
-    flux, ivar = np.concatenate([flux, release.flux[hosts]]), np.concatenate([ivar, release.ivar[hosts]])
-    z = np.concatenate([labels["z"].to_numpy(), release.z[hosts]])
-    snr = spectrum_snr(flux, ivar, REST_GRID)
+    hosts = release[select_rows(release.targetid, "val", val_fraction) & (release.columns["anomaly_class"] == "")]
+    injected_spectra, labels = injection_set(hosts, REST_GRID, per_class=per_class, rng=np.random.default_rng(0))
+    both = Spectra.concat([injected_spectra.with_columns(anomaly_class=labels["class"].to_numpy()), hosts])
     pca, forest = baselines
     by_method = {
-        "vae": score_spectra(model, scorer, flux, ivar, z, snr, REST_GRID)["anomaly_score"],
-        "pca_chi2": pca.score(flux, ivar, snr),
-        "isolation_forest": forest.score(flux, ivar, snr),
+        "vae": score_spectra(model, scorer, both, REST_GRID)["anomaly_score"],
+        "pca_chi2": pca.score(both),
+        "isolation_forest": forest.score(both),
     }
-    n_hosts = int(hosts.sum())
+    n_hosts = len(hosts)
     classes = np.concatenate([np.asarray(labels["class"].to_pylist()), np.full(n_hosts, "")])
     strengths = np.concatenate([labels["strength"].to_numpy(), np.full(n_hosts, np.nan)])
     injected = classes != ""
@@ -155,22 +126,15 @@ def main() -> None:
     val_fraction = TrainOptions().val_fraction
     with tempfile.TemporaryDirectory() as tmp:
         release = load_release(Path(tmp), args.demo_seed)
-    labels = release.anomaly_class != ""
+    anomaly_class = release.columns["anomaly_class"]
+    labels = anomaly_class != ""
     print(f"{len(release.z)} kept quasars, {labels.sum()} labelled anomalies, val_fraction {val_fraction}")
     models = [train(release, seed, args.epochs) for seed in (0, 1)]
     fits = [fit_and_score(m, release, val_fraction) for m in models]
-    pca = PcaBaseline(REST_GRID).fit(
-        release.flux, release.ivar, release.snr, release.targetid, val_fraction=val_fraction
-    )
-    forest = IsolationForestBaseline(pca).fit(
-        release.flux, release.ivar, release.snr, release.targetid, val_fraction=val_fraction
-    )
-    by_method = {
-        "vae": fits[0][1],
-        "pca_chi2": pca.score(release.flux, release.ivar, release.snr),
-        "isolation_forest": forest.score(release.flux, release.ivar, release.snr),
-    }
-    report = metrics_report(labels, release.anomaly_class, release.snr, release.z, by_method)
+    pca = PcaBaseline(REST_GRID).fit(release, val_fraction=val_fraction)
+    forest = IsolationForestBaseline(pca).fit(release, val_fraction=val_fraction)
+    by_method = {"vae": fits[0][1], "pca_chi2": pca.score(release), "isolation_forest": forest.score(release)}
+    report = metrics_report(labels, anomaly_class, release.snr, release.z, by_method)
     print(f"\noverall{'':17s}" + "".join(f"{m:>18s}" for m in METHODS))
     for metric in ("auroc", "auprc", "recall_top1pct"):
         print(f"{metric:24s}" + "".join(f"{report['overall'][m][metric]:18.3f}" for m in METHODS))

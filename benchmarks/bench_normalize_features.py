@@ -38,8 +38,6 @@ os.environ.setdefault("DESI_LOGLEVEL", "WARNING")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import importlib.util  # noqa: E402
-import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import re  # noqa: E402
 import tempfile  # noqa: E402
@@ -49,7 +47,6 @@ from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -64,13 +61,14 @@ from qad_assets.science.io.archive import HealpixCoadd, find_healpix_coadds, lis
 from qad_assets.science.io.spectra_file import read_spectra_file  # noqa: E402
 from qad_assets.science.spectra import resampling  # noqa: E402
 from qad_assets.science.spectra.arms import BRZ_WAVE  # noqa: E402
+from qad_assets.science.spectra.container import Spectra, list_to_numpy  # noqa: E402
 from qad_assets.science.spectra.features import spectral_features  # noqa: E402
-from qad_assets.science.spectra.normalization import normalize_batch, normalized_table, spectra_to_numpy  # noqa: E402
+from qad_assets.science.spectra.features_reference import reference_features  # noqa: E402
+from qad_assets.science.spectra.normalization import normalize_batch, normalized_table  # noqa: E402
 from qad_assets.science.spectra.resampling import resample_to_rest  # noqa: E402
 from qad_assets.science.spectra.rest_frame import NORM_MIN_WAVE, REST_GRID  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PANDAS_REFERENCE = REPO / "tests" / "test_spectral_features.py"
 NORMALIZE_TARGET_SPEEDUP, NORMALIZE_TARGET_RATE, FEATURES_TARGET_SPEEDUP = 20.0, 10_000.0, 5.0
 
 
@@ -86,25 +84,6 @@ class Timing:
     @property
     def rate(self) -> float:
         return self.spectra / self.seconds
-
-
-@dataclass(frozen=True)
-class Arrays:
-    """A ``raw_spectra`` table as the numpy arrays ``normalize_batch`` takes (prepared outside the timing)."""
-
-    flux: np.ndarray
-    ivar: np.ndarray
-    good: np.ndarray
-    z: np.ndarray
-
-    @classmethod
-    def of(cls, raw: pa.Table) -> Arrays:
-        return cls(
-            spectra_to_numpy(raw["flux"]),
-            spectra_to_numpy(raw["ivar"]),
-            spectra_to_numpy(raw["good"]),
-            raw["Z"].to_numpy(),
-        )
 
 
 def cpu_seconds(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -140,24 +119,24 @@ def jit_compile_seconds(raw: pa.Table) -> float:
     return seconds
 
 
-def time_resample(arrays: list[Arrays], repeats: int) -> Timing:
+def time_resample(arrays: list[Spectra], repeats: int) -> Timing:
     """``resample_to_rest`` alone (the numba kernel, no normalization), for the figure in docs/rest_frame.md."""
 
     def run() -> int:
         for a in arrays:
-            resample_to_rest(BRZ_WAVE, a.flux, a.ivar, a.good, a.z)
+            resample_to_rest(BRZ_WAVE, a.flux, a.ivar, a.ivar > 0, a.z)
         return sum(len(a.z) for a in arrays)
 
     n, seconds = cpu_seconds(lambda: sum(run() for _ in range(repeats)))
     return Timing("  of which resample_to_rest (numba kernel)", n, seconds)
 
 
-def time_normalize_batch(arrays: list[Arrays], repeats: int) -> Timing:
+def time_normalize_batch(arrays: list[Spectra], repeats: int) -> Timing:
     """``normalize_batch`` over every partition, ``repeats`` times (numpy in, numpy out)."""
 
     def run() -> int:
         for a in arrays:
-            normalize_batch(a.flux, a.ivar, a.good, a.z)
+            normalize_batch(a)
         return sum(len(a.z) for a in arrays)
 
     n, seconds = cpu_seconds(lambda: sum(run() for _ in range(repeats)))
@@ -184,12 +163,12 @@ def time_normalized_table(tables: list[pa.Table], repeats: int) -> Timing:
 def desispec_normalize(raw: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The peer: desispec ``resample_flux`` on de-redshifted wavelengths, then the median normalization
     (good pixels redward of 1250 Å), one spectrum at a time. Returns normalized flux, ivar and scale."""
-    a = Arrays.of(raw)
+    a = Spectra.from_table(raw, BRZ_WAVE)
     red_side = REST_GRID.wave >= NORM_MIN_WAVE
     n = len(a.z)
     out_flux, out_ivar, out_scale = np.zeros((n, REST_GRID.npix)), np.zeros((n, REST_GRID.npix)), np.ones(n)
     for i in range(n):
-        masked_ivar = np.where(a.good[i], a.ivar[i], 0.0)  # desispec: a masked pixel has no weight
+        masked_ivar = a.ivar[i].astype(np.float64)  # ingestion zeroed the ivar of masked pixels
         flux, ivar = resample_flux(REST_GRID.wave, BRZ_WAVE / (1.0 + a.z[i]), a.flux[i].astype(np.float64), masked_ivar)
         use = (ivar > 0) & red_side
         if use.sum() < 50:
@@ -213,7 +192,7 @@ def peer_agreement(subset: pa.Table, peer: tuple[np.ndarray, ...]) -> tuple[floa
     (``flux·scale``, ``ivar/scale²``), so a different fallback scale does not count."""
     ours = normalized_table(subset)
     scale = ours["scale"].to_numpy()[:, None]
-    flux, ivar = spectra_to_numpy(ours["flux"]) * scale, spectra_to_numpy(ours["ivar"]) / scale**2
+    flux, ivar = list_to_numpy(ours["flux"]) * scale, list_to_numpy(ours["ivar"]) / scale**2
     peer_norm_flux, peer_norm_ivar, peer_scale = peer
     peer_flux, peer_ivar = peer_norm_flux * peer_scale[:, None], peer_norm_ivar / peer_scale[:, None] ** 2
     has = peer_ivar > 0
@@ -275,14 +254,14 @@ def cuda_timing(tables: list[pa.Table], repeats: int) -> Timing | None:
     """``normalize_batch(device="cuda")`` wall-clock rate, or None without a CUDA device."""
     if not torch.cuda.is_available():
         return None
-    arrays = [Arrays.of(t) for t in tables]
+    arrays = [Spectra.from_table(t, BRZ_WAVE) for t in tables]
     a = arrays[0]
-    normalize_batch(a.flux, a.ivar, a.good, a.z, device="cuda")  # warm-up: CUDA context, kernels
+    normalize_batch(a, device="cuda")  # warm-up: CUDA context, kernels
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         for a in arrays:
-            normalize_batch(a.flux, a.ivar, a.good, a.z, device="cuda")  # returns numpy: synchronized
+            normalize_batch(a, device="cuda")  # returns numpy: synchronized
     seconds = time.perf_counter() - start
     n = repeats * sum(len(a.z) for a in arrays)
     return Timing(f"normalize_batch (torch, {torch.cuda.get_device_name()})", n, seconds, "wall s")
@@ -305,24 +284,11 @@ def time_features(normalized: list[pa.Table], repeats: int) -> Timing:
     return Timing("spectral_features (numpy core, polars)", n, seconds)
 
 
-def pandas_reference() -> ModuleType | None:
-    """The per-spectrum pandas reference of the test suite, imported from its file (None if absent)."""
-    if not PANDAS_REFERENCE.exists():
-        return None
-    spec = importlib.util.spec_from_file_location("spectral_features_reference", PANDAS_REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def time_pandas_peer(normalized: list[pa.Table], limit: int) -> tuple[Timing, float] | None:
+def time_pandas_peer(normalized: list[pa.Table], limit: int) -> tuple[Timing, float]:
     """The pandas reference on the first ``limit`` spectra: its timing, and the largest difference
     from ours over every feature (NaN/null treated as equal), as a check that both did the same work."""
-    reference = pandas_reference()
-    if reference is None:
-        return None
     subset = pa.concat_tables(normalized).slice(0, limit).combine_chunks()
-    frame, seconds = cpu_seconds(lambda: reference.reference_features(subset))
+    frame, seconds = cpu_seconds(lambda: reference_features(subset))
     ours = spectral_features(subset).to_pandas()
     worst = 0.0
     for column in frame.columns:
@@ -359,7 +325,7 @@ class Results:
     table: Timing
     peer: Timing
     features: Timing
-    pandas_peer: Timing | None
+    pandas_peer: Timing
     compile_s: float
     first_pass: Timing
     recompiled: bool
@@ -376,7 +342,7 @@ def measure(root: Path, args: argparse.Namespace) -> Results:
     """Run every measurement, in an order that keeps each one's warm-up out of the next one's timing."""
     load_before = os.getloadavg()[0]
     coadds, raw = raw_partitions(root)
-    arrays = [Arrays.of(t) for t in raw]
+    arrays = [Spectra.from_table(t, BRZ_WAVE) for t in raw]
     compile_s = jit_compile_seconds(raw[0])
     first_pass = time_normalized_table(raw, 1)  # not in the table: allocator and caches still cold
     kernel = resampling._numba_kernel
@@ -388,7 +354,7 @@ def measure(root: Path, args: argparse.Namespace) -> Results:
     subset, peer_output, peer = time_desispec_peer(raw, args.peer_spectra)
     recompiled = kernel is not None and len(kernel.signatures) != signatures
     features = time_features(normalized, args.repeats)
-    pandas_peer, difference = time_pandas_peer(normalized, args.pandas_spectra) or (None, math.nan)
+    pandas_peer, difference = time_pandas_peer(normalized, args.pandas_spectra)
     largest = max(range(len(raw)), key=lambda i: raw[i].num_rows)
     memory = peak_memory_mb(coadds[largest])
     cuda = cuda_timing(raw, args.repeats)
@@ -441,14 +407,11 @@ def report(r: Results, repeats: int) -> None:
         f"peak memory, largest partition ({r.largest.num_rows} spectra, {in_mb:.0f} MB brz arrays in, {out_mb:.0f} MB "
         f"rest-frame arrays out): tracemalloc {traced:.0f} MB, RSS high-water rise {rss_text}"
     )
-    if r.pandas_peer is None:
-        print(f"spectral_features: pandas reference not found at {PANDAS_REFERENCE}")
-    else:
-        speedup = r.features.rate / r.pandas_peer.rate
-        print(
-            f"spectral_features: {speedup:.1f}x the pandas reference (target >= {FEATURES_TARGET_SPEEDUP:.0f}x: "
-            f"{verdict(speedup >= FEATURES_TARGET_SPEEDUP)}); largest feature difference {r.features_difference:.1e}"
-        )
+    speedup = r.features.rate / r.pandas_peer.rate
+    print(
+        f"spectral_features: {speedup:.1f}x the pandas reference (target >= {FEATURES_TARGET_SPEEDUP:.0f}x: "
+        f"{verdict(speedup >= FEATURES_TARGET_SPEEDUP)}); largest feature difference {r.features_difference:.1e}"
+    )
     print(
         f"load average (1 min) {r.load[0]:.2f} before, {r.load[1]:.2f} after, on {os.cpu_count()} CPUs; "
         f"{r.spectra} spectra in {r.partitions} partitions, {repeats} repeats"

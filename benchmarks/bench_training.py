@@ -20,10 +20,11 @@ import torch
 from qad_assets.assets.vae_model import VaeTrainingConfig
 from qad_assets.demo.release import write_demo_release
 from qad_assets.science.io.spectra_file import read_spectra_file
-from qad_assets.science.model.training import SpectraArrays, train_vae
+from qad_assets.science.model.training import train_vae
 from qad_assets.science.model.vae import SpectrumVAE
-from qad_assets.science.spectra.normalization import normalized_table, spectra_to_numpy
-from qad_assets.science.spectra.rest_frame import REST_GRID, lya_forest_mask
+from qad_assets.science.spectra.container import Spectra
+from qad_assets.science.spectra.normalization import normalized_table
+from qad_assets.science.spectra.rest_frame import REST_GRID
 
 
 def training_flops_per_spectrum(model: SpectrumVAE) -> float:
@@ -43,7 +44,7 @@ def main() -> None:
             normalized_table(read_spectra_file(c, r, release="bench").spectra)
             for c, r in zip(demo.coadd_paths, demo.redrock_paths, strict=True)
         )
-    data = SpectraArrays(table["TARGETID"].to_numpy(), spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"]))
+    data = Spectra.from_table(table, REST_GRID.wave)
     config = VaeTrainingConfig(max_epochs=args.epochs, patience=args.epochs)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(
@@ -52,7 +53,7 @@ def main() -> None:
     )
     print(f"{'device':<8}{'epochs':>8}{'spectra/s':>12}{'GFLOP/s':>10}{'peak MB':>10}")
     for device in devices:
-        result = train_vae(data, lya_forest_mask(REST_GRID), config.vae_config(), config.train_options(), device=device)
+        result = train_vae(data, REST_GRID, config.vae_config(), config.train_options(), device=device)
         flops = training_flops_per_spectrum(result.model)
         if device == "cuda":
             peak = torch.cuda.max_memory_allocated() / 2**20

@@ -51,6 +51,7 @@ from qad_assets.demo.release import write_demo_release
 from qad_assets.science.io.parquet_store import read_table
 from qad_assets.science.io.spectra_file import read_spectra_file
 from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.container import list_to_numpy
 from qad_assets.science.spectra.features import (
     BAL_LINES,
     BAL_VMAX_BI,
@@ -60,7 +61,7 @@ from qad_assets.science.spectra.features import (
     pixels,
     spectral_features,
 )
-from qad_assets.science.spectra.normalization import normalized_table, spectra_to_numpy
+from qad_assets.science.spectra.normalization import normalized_table
 from qad_assets.science.spectra.rest_frame import C_KMS, REST_GRID
 
 # 2 × 600 rows with 40% anomalies: 60 BAL quasars (classes cycle over eight) and ~350 normal quasars.
@@ -77,7 +78,7 @@ MIN_CLEAR_DETECTED, MIN_NORMAL_ZERO = 0.9, 0.95
 def continuum_snr(normalized: pa.Table, band: tuple[float, float] = CONTINUUM_BAND) -> np.ndarray:
     """Median flux·√ivar over the good rest pixels of ``band`` (NaN where the band has none)."""
     cols = pixels(REST_GRID, *band)
-    flux, ivar = spectra_to_numpy(normalized["flux"])[:, cols], spectra_to_numpy(normalized["ivar"])[:, cols]
+    flux, ivar = list_to_numpy(normalized["flux"])[:, cols], list_to_numpy(normalized["ivar"])[:, cols]
     snr = np.where(ivar > 0, flux * np.sqrt(np.abs(ivar)), np.nan)
     out = np.full(len(snr), np.nan)
     has = (ivar > 0).any(axis=1)

@@ -11,6 +11,7 @@ import pytest
 
 from qad_assets.science.io.parquet_store import read_table, row_count, schema_matches
 from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA
+from qad_assets.science.model.package import current_package, read_registration
 from qad_assets.science.spectra import ledger
 from qad_assets.science.spectra.normalization import NORMALIZED_SCHEMA
 
@@ -124,7 +125,7 @@ def test_scores_are_ranked_across_the_release_and_the_report_is_written(demo) ->
     pairs = (zip(t["rank"].to_pylist(), t["anomaly_score"].to_pylist(), strict=True) for t in scores)
     by_rank = sorted(pair for table_pairs in pairs for pair in table_pairs)
     assert [s for _, s in by_rank] == sorted((s for _, s in by_rank), reverse=True)
-    registered = json.loads((storage / "vae_model" / "demo" / "registration.json").read_text())["version"]
+    registered = read_registration(current_package(storage / "vae_model" / "demo"))["version"]
     assert {v for t in scores for v in t.column("model_version").to_pylist()} == {registered}
     html = (storage / "validation_report" / "demo" / "report.html").read_text()
     assert all(label in html for label in ("VAE", "PCA χ²", "Isolation forest")) and "data:image/png;base64," in html

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from qad_assets.errors import GridMismatchError
-from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, load_model, reconstruct, save_model
+from qad_assets.science.model.package import load_model, save_model
+from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, reconstruct
 from qad_assets.science.spectra.rest_frame import REST_GRID, lya_forest_mask
 from resources.mlflow import CHALLENGER, CHAMPION, MlflowResource
 

@@ -14,13 +14,13 @@ from scipy.ndimage import gaussian_filter1d
 
 from qad_assets.science.io.spectra_file import read_spectra_file
 from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.container import Spectra, list_to_numpy
 from qad_assets.science.spectra.normalization import (
     GRID_METADATA_KEY,
     NORMALIZED_SCHEMA,
     normalize,
     normalize_batch,
     normalized_table,
-    spectra_to_numpy,
 )
 from qad_assets.science.spectra.resampling import resample_to_rest
 from qad_assets.science.spectra.rest_frame import (
@@ -221,7 +221,7 @@ def test_real_quasar_lines_land_at_their_rest_wavelengths():
     raw = real_quasars()
     assert raw.num_rows == 7
     table = normalized_table(raw)
-    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"]).astype(np.float64)
+    flux, ivar = list_to_numpy(table["flux"]), list_to_numpy(table["ivar"]).astype(np.float64)
     weight = gaussian_filter1d(ivar, 3.0, axis=1)
     smooth = np.where(
         weight > 0, gaussian_filter1d(flux * ivar, 3.0, axis=1) / np.where(weight > 0, weight, 1), -np.inf
@@ -296,6 +296,11 @@ def test_region_codes_at_line_centres():
 # The batch and the table
 
 
+def observed(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, z: np.ndarray) -> Spectra:
+    """Spectra on the brz grid as ingestion stores them: ivar 0 where a pixel is not good."""
+    return Spectra(BRZ_WAVE, flux, np.where(good, ivar, 0).astype(np.float32), np.arange(1, len(z) + 1), z)
+
+
 def raw_table(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, z: np.ndarray) -> pa.Table:
     def lists(values: np.ndarray, kind: pa.DataType) -> pa.FixedSizeListArray:
         return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), kind), values.shape[1])
@@ -307,7 +312,7 @@ def raw_table(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, z: np.ndarra
             "TARGETID": pa.array(np.arange(1, n + 1), pa.int64()),
             "Z": pa.array(z, pa.float64()),
             "flux": lists(flux, pa.float32()),
-            "ivar": lists(ivar, pa.float32()),
+            "ivar": lists(np.where(good, ivar, 0).astype(np.float32), pa.float32()),
             "good": lists(good, pa.bool_()),
             "snr_b": snr,
             "snr_r": snr,
@@ -321,12 +326,12 @@ def test_normalize_batch_reports_coverage():
     flux, ivar, good = random_spectra(rng, 3, BRZ_WAVE.size)
     flux += 10
     good[2, 1000:] = False  # most of the spectrum masked
-    batch = normalize_batch(flux, ivar, good, np.array([2.0, 2.0, 2.0]))
-    assert batch.coverage_min[0] == pytest.approx(BRZ_WAVE[0] / 3.0, abs=1.0)
-    assert batch.coverage_max[0] == pytest.approx(BRZ_WAVE[-1] / 3.0, abs=1.0)
-    np.testing.assert_allclose(batch.good_fraction, good.mean(axis=1), rtol=1e-6)
-    assert batch.low_coverage.tolist() == [False, False, True]
-    assert batch.scale.dtype == np.float64 and np.all(batch.scale > 0)
+    batch = normalize_batch(observed(flux, ivar, good, np.array([2.0, 2.0, 2.0]))).columns
+    assert batch["coverage_min"][0] == pytest.approx(BRZ_WAVE[0] / 3.0, abs=1.0)
+    assert batch["coverage_max"][0] == pytest.approx(BRZ_WAVE[-1] / 3.0, abs=1.0)
+    np.testing.assert_allclose(batch["good_fraction"], good.mean(axis=1), rtol=1e-6)
+    assert batch["low_coverage"].tolist() == [False, False, True]
+    assert batch["scale"].dtype == np.float64 and np.all(batch["scale"] > 0)
 
 
 def test_normalized_table_schema_and_rows():
@@ -337,10 +342,10 @@ def test_normalized_table_schema_and_rows():
     assert table.schema == NORMALIZED_SCHEMA
     assert json.loads(table.schema.metadata[GRID_METADATA_KEY]) == REST_GRID.to_dict()
     assert table["TARGETID"].to_pylist() == [1, 2, 3, 4, 5]
-    batch = normalize_batch(flux + 10, ivar, good, z)
-    np.testing.assert_array_equal(spectra_to_numpy(table["flux"]), batch.flux)
-    np.testing.assert_array_equal(table["scale"].to_numpy(), batch.scale)
+    batch = normalize_batch(observed(flux + 10, ivar, good, z))
+    np.testing.assert_array_equal(list_to_numpy(table["flux"]), batch.flux)
+    np.testing.assert_array_equal(table["scale"].to_numpy(), batch.columns["scale"])
     sliced = normalized_table(raw_table(flux + 10, ivar, good, z).slice(2, 2))
-    np.testing.assert_array_equal(spectra_to_numpy(sliced["ivar"]), batch.ivar[2:4])
+    np.testing.assert_array_equal(list_to_numpy(sliced["ivar"]), batch.ivar[2:4])
     empty = normalized_table(raw_table(flux[:0], ivar[:0], good[:0], z[:0]))
     assert empty.num_rows == 0 and empty.schema == NORMALIZED_SCHEMA

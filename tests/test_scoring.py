@@ -10,7 +10,7 @@ neither saw, on which p-values must be uniform. Measured figures are printed (``
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +22,12 @@ from qad_assets.demo import read_demo_spectra
 from qad_assets.demo.release import write_demo_release
 from qad_assets.science.model.scoring import Scorer, fit_scorer, score_spectra
 from qad_assets.science.model.split import select_rows
-from qad_assets.science.model.training import SpectraArrays, TrainOptions, train_vae
+from qad_assets.science.model.training import TrainOptions, train_vae
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig
 from qad_assets.science.spectra.arms import arm_index
+from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.features import pixels
-from qad_assets.science.spectra.rest_frame import REGION_NAMES, REST_GRID, lya_forest_mask
-from qad_assets.science.spectra.snr import spectrum_snr
+from qad_assets.science.spectra.rest_frame import REGION_NAMES, REST_GRID
 from qad_assets.science.validation.baselines import IsolationForestBaseline, PcaBaseline
 from qad_assets.science.validation.evaluation import (
     detection_metrics,
@@ -50,19 +50,6 @@ BASELINE_AUROC = 0.75  # all injected classes at strength 1 together, each basel
 
 
 @dataclass(frozen=True)
-class Release:
-    targetid: np.ndarray
-    flux: np.ndarray
-    ivar: np.ndarray
-    z: np.ndarray
-    snr: np.ndarray
-    normal: np.ndarray  # no anomaly injected by the demo generator
-
-    def take(self, rows: np.ndarray) -> Release:
-        return Release(*(a[rows] for a in (self.targetid, self.flux, self.ivar, self.z, self.snr, self.normal)))
-
-
-@dataclass(frozen=True)
 class Fitted:
     model: SpectrumVAE
     scorer: Scorer
@@ -71,48 +58,40 @@ class Fitted:
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+def release(tmp_path_factory: pytest.TempPathFactory) -> Spectra:
+    """The demo's kept quasars; column ``normal``: no anomaly injected by the demo generator."""
     demo = write_demo_release(tmp_path_factory.mktemp("scoring_demo"), n_pixels=3, targets_per_pixel=300, seed=3)
     spectra, classes = read_demo_spectra(demo)
-    return Release(spectra.targetid, spectra.flux, spectra.ivar, spectra.z, spectra.snr, normal=classes == "")
+    return spectra.with_columns(normal=classes == "")
+
+
+def normal(spectra: Spectra) -> np.ndarray:
+    return spectra.columns["normal"]
 
 
 @pytest.fixture(scope="module")
-def fitted(release: Release) -> Fitted:
-    source = SpectraArrays(release.targetid, release.flux, release.ivar)
-    model = train_vae(source, lya_forest_mask(REST_GRID), CONFIG, OPTIONS).model
+def fitted(release: Spectra) -> Fitted:
+    model = train_vae(release, REST_GRID, CONFIG, OPTIONS).model
     in_model_val = select_rows(release.targetid, "val", MODEL_VAL_FRACTION)
     test_band = in_model_val & ~select_rows(release.targetid, "val", SCORER_VAL_FRACTION)
-    seen = release.take(~test_band)
-    scorer = fit_scorer(
-        model, seen.flux, seen.ivar, seen.snr, seen.targetid, val_fraction=SCORER_VAL_FRACTION, grid=REST_GRID
-    )
-    args = (release.flux, release.ivar, release.z, release.snr, REST_GRID)
-    scores = score_spectra(model, scorer, *args, in_training=scorer.training_rows(release.targetid) & ~test_band)
-    unseen = score_spectra(model, scorer, *args)
+    scorer = fit_scorer(model, release[~test_band], val_fraction=SCORER_VAL_FRACTION, grid=REST_GRID)
+    in_training = scorer.training_rows(release.targetid) & ~test_band
+    scores = score_spectra(model, scorer, release, in_training=in_training)
+    unseen = score_spectra(model, scorer, release)
     for key, value in scores.items():
         value[test_band] = unseen[key][test_band]
     return Fitted(model, scorer, scores, test_band)
 
 
 @pytest.fixture(scope="module")
-def injected(release: Release) -> tuple[np.ndarray, np.ndarray, pa.Table, Release]:
+def injected(release: Spectra) -> tuple[Spectra, pa.Table, Spectra]:
     """Every class at strengths 0.25, 0.5, 1 on held-out normal hosts, and those hosts."""
-    hosts = release.take(select_rows(release.targetid, "val", MODEL_VAL_FRACTION) & release.normal)
-    flux, ivar, labels = injection_set(
-        hosts.flux,
-        hosts.ivar,
-        hosts.z,
-        hosts.snr,
-        hosts.targetid,
-        REST_GRID,
-        per_class=45,
-        rng=np.random.default_rng(0),
-    )
-    return flux, ivar, labels, hosts
+    hosts = release[select_rows(release.targetid, "val", MODEL_VAL_FRACTION) & normal(release)]
+    spectra, labels = injection_set(hosts, REST_GRID, per_class=45, rng=np.random.default_rng(0))
+    return spectra, labels, hosts
 
 
-def test_scores_are_finite_and_p_values_in_range(release: Release, fitted: Fitted) -> None:
+def test_scores_are_finite_and_p_values_in_range(release: Spectra, fitted: Fitted) -> None:
     scores = fitted.scores
     assert np.isfinite(scores["anomaly_score"]).all()
     assert scores["anomaly_score"].dtype == np.float64
@@ -125,8 +104,8 @@ def test_scores_are_finite_and_p_values_in_range(release: Release, fitted: Fitte
     assert ((scores["top_region_share"] >= 0) & (scores["top_region_share"] <= 1)).all()
 
 
-def test_p_values_uniform_on_unseen_normals(release: Release, fitted: Fitted) -> None:
-    rows = fitted.test_band & release.normal
+def test_p_values_uniform_on_unseen_normals(release: Spectra, fitted: Fitted) -> None:
+    rows = fitted.test_band & normal(release)
     p = fitted.scores["p_value"][rows]
     ks = kstest(p, "uniform")
     print(
@@ -137,26 +116,23 @@ def test_p_values_uniform_on_unseen_normals(release: Release, fitted: Fitted) ->
     assert ks.pvalue > 0.01
 
 
-def test_score_does_not_track_snr(release: Release, fitted: Fitted) -> None:
-    normal = release.normal
-    rho = spearman(fitted.scores["anomaly_score"][normal], release.snr[normal])
-    naive = spearman(fitted.scores["reduced_chi2"][normal], release.snr[normal])
-    unseen = fitted.test_band & normal
+def test_score_does_not_track_snr(release: Spectra, fitted: Fitted) -> None:
+    normals = normal(release)
+    rho = spearman(fitted.scores["anomaly_score"][normals], release.snr[normals])
+    naive = spearman(fitted.scores["reduced_chi2"][normals], release.snr[normals])
+    unseen = fitted.test_band & normals
     rho_unseen = spearman(fitted.scores["anomaly_score"][unseen], release.snr[unseen])
     print(
-        f"\nSpearman ρ with S/N on {normal.sum()} normals: anomaly_score {rho:+.3f}, reduced χ² {naive:+.3f}; "
+        f"\nSpearman ρ with S/N on {normals.sum()} normals: anomaly_score {rho:+.3f}, reduced χ² {naive:+.3f}; "
         f"on the {unseen.sum()} unseen ones {rho_unseen:+.3f}"
     )
     assert abs(rho) <= MAX_SNR_RHO
 
 
-def test_injected_anomalies_score_higher(
-    fitted: Fitted, injected: tuple[np.ndarray, np.ndarray, pa.Table, Release]
-) -> None:
-    flux, ivar, labels, hosts = injected
-    snr = spectrum_snr(flux, ivar, REST_GRID)
-    score = score_spectra(fitted.model, fitted.scorer, flux, ivar, labels["z"].to_numpy(), snr, REST_GRID)
-    host_score = score_spectra(fitted.model, fitted.scorer, hosts.flux, hosts.ivar, hosts.z, hosts.snr, REST_GRID)
+def test_injected_anomalies_score_higher(fitted: Fitted, injected: tuple[Spectra, pa.Table, Spectra]) -> None:
+    spectra, labels, hosts = injected
+    score = score_spectra(fitted.model, fitted.scorer, spectra)
+    host_score = score_spectra(fitted.model, fitted.scorer, hosts)
     classes, strengths = np.asarray(labels["class"].to_pylist()), labels["strength"].to_numpy()
     auroc = {}
     for cls in INJECTION_CLASSES:
@@ -178,55 +154,52 @@ def _civ_trough(flux: np.ndarray, ivar: np.ndarray, rng: np.random.Generator) ->
     return scale_signal(flux.astype(np.float64), ivar.astype(np.float64), transmission, rng)
 
 
-def test_explanations_on_constructed_cases(release: Release, fitted: Fitted) -> None:
+def test_explanations_on_constructed_cases(release: Spectra, fitted: Fitted) -> None:
     civ = pixels(REST_GRID, 1450.0, 1700.0)
-    covered = (release.ivar[:, civ] > 0).all(axis=1) & release.normal
-    hosts = release.take(np.flatnonzero(covered)[np.argsort(-release.snr[covered])[:5]])
+    covered = (release.ivar[:, civ] > 0).all(axis=1) & normal(release)
+    hosts = release[np.flatnonzero(covered)[np.argsort(-release.snr[covered])[:5]]]
     rng = np.random.default_rng(1)
     flux, ivar = _civ_trough(hosts.flux, hosts.ivar, rng)
-    out = score_spectra(fitted.model, fitted.scorer, flux, ivar, hosts.z, hosts.snr, REST_GRID)
+    out = score_spectra(
+        fitted.model, fitted.scorer, replace(hosts, flux=flux.astype(np.float32), ivar=ivar.astype(np.float32))
+    )
     print(f"\nC IV trough: top_region {out['top_region'].tolist()}, share {np.round(out['top_region_share'], 2)}")
     assert (out["top_region"] == "civ").all()
 
     arms = arm_index(REST_GRID, release.z)
     all_arms = np.stack([((arms == k) & (release.ivar > 0)).sum(axis=1) > 200 for k in range(3)]).all(axis=0)
-    hosts = release.take(np.flatnonzero(all_arms & release.normal)[:5])
-    jump = np.where(arm_index(REST_GRID, hosts.z) == 1, 1.5, 1.0)
-    out = score_spectra(
-        fitted.model, fitted.scorer, hosts.flux * jump, hosts.ivar / jump**2, hosts.z, hosts.snr, REST_GRID
-    )
+    hosts = release[np.flatnonzero(all_arms & normal(release))[:5]]
+    jump = np.where(arm_index(REST_GRID, hosts.z) == 1, 1.5, 1.0).astype(np.float32)
+    out = score_spectra(fitted.model, fitted.scorer, replace(hosts, flux=hosts.flux * jump, ivar=hosts.ivar / jump**2))
     print(f"R-arm ×1.5: worst_arm {out['worst_arm'].tolist()}")
     assert (out["worst_arm"] == "r").all()
 
 
-def test_scorer_round_trips(release: Release, fitted: Fitted, tmp_path: Path) -> None:
-    rows = slice(0, 200)
-    args = (release.flux[rows], release.ivar[rows], release.z[rows], release.snr[rows], REST_GRID)
-    in_training = fitted.scorer.training_rows(release.targetid[rows])
-    expected = score_spectra(fitted.model, fitted.scorer, *args, in_training=in_training, batch_size=64)
+def test_scorer_round_trips(release: Spectra, fitted: Fitted, tmp_path: Path) -> None:
+    first = release[:200]
+    in_training = fitted.scorer.training_rows(first.targetid)
+    expected = score_spectra(fitted.model, fitted.scorer, first, in_training=in_training, batch_size=64)
     from_json = Scorer.from_dict(json.loads(json.dumps(fitted.scorer.to_dict())))
     from_file = Scorer.load(fitted.scorer.save(tmp_path / "scorer.json"))
     for scorer in (from_json, from_file):
-        again = score_spectra(fitted.model, scorer, *args, in_training=in_training, batch_size=64)
+        again = score_spectra(fitted.model, scorer, first, in_training=in_training, batch_size=64)
         for key in ("anomaly_score", "p_value", "latent_nll", "top_region", "worst_arm"):
             np.testing.assert_array_equal(again[key], expected[key], err_msg=key)
 
 
 def test_baselines_are_finite_and_find_obvious_injections(
-    release: Release, injected: tuple[np.ndarray, np.ndarray, pa.Table, Release]
+    release: Spectra, injected: tuple[Spectra, pa.Table, Spectra]
 ) -> None:
-    fit_args = (release.flux, release.ivar, release.snr, release.targetid)
-    pca = PcaBaseline(REST_GRID, n_components=6, n_iter=8).fit(*fit_args, val_fraction=MODEL_VAL_FRACTION)
-    forest = IsolationForestBaseline(pca, n_estimators=100).fit(*fit_args, val_fraction=MODEL_VAL_FRACTION)
-    flux, ivar, labels, hosts = injected
+    pca = PcaBaseline(REST_GRID, n_components=6, n_iter=8).fit(release, val_fraction=MODEL_VAL_FRACTION)
+    forest = IsolationForestBaseline(pca, n_estimators=100).fit(release, val_fraction=MODEL_VAL_FRACTION)
+    spectra, labels, hosts = injected
     obvious = labels["strength"].to_numpy() == 1.0
-    both_flux, both_ivar = np.concatenate([flux[obvious], hosts.flux]), np.concatenate([ivar[obvious], hosts.ivar])
-    snr = spectrum_snr(both_flux, both_ivar, REST_GRID)
-    is_injected = np.arange(len(snr)) < obvious.sum()
+    both = Spectra.concat([spectra[obvious], hosts])
+    is_injected = np.arange(len(both)) < obvious.sum()
     for baseline in (pca, forest):
-        on_release = baseline.score(release.flux, release.ivar, release.snr)
+        on_release = baseline.score(release)
         assert on_release.dtype == np.float64 and np.isfinite(on_release).all()
-        auroc = detection_metrics(is_injected, baseline.score(both_flux, both_ivar, snr))["auroc"]
+        auroc = detection_metrics(is_injected, baseline.score(both))["auroc"]
         print(f"\n{type(baseline).__name__}: AUROC of strength-1 injections {auroc:.3f}", end="")
         assert auroc >= BASELINE_AUROC
 

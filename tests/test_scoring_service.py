@@ -21,8 +21,9 @@ from qad_assets.definitions import defs
 from qad_assets.demo.release import write_demo_release
 from qad_assets.partitions import archive_partition_keys, range_tags
 from qad_assets.science.io.parquet_store import read_table
-from qad_assets.science.model.package import ScoringModel
-from qad_assets.science.spectra.normalization import spectra_to_numpy
+from qad_assets.science.model.package import ModelPackage
+from qad_assets.science.spectra.container import Spectra
+from qad_assets.science.spectra.rest_frame import REST_GRID
 from qad_assets.service.app import ServiceSettings, start, stop
 from qad_assets.service.client import score_request
 from resources.mlflow import CHALLENGER, CHAMPION, MlflowResource
@@ -161,15 +162,11 @@ def test_without_the_release_spectra_are_scored_as_unseen(pipeline: Pipeline, se
     """
     raw, batch = pipeline.raw(1), pipeline.scores(1)
     unseen = post(service, score_request(raw, range(40)))["scores"]
-    model = ScoringModel.load(pipeline.mlflow.download_model_dir("1", pipeline.storage / "check-v1"), version="1")
+    model = ModelPackage.load(pipeline.mlflow.download_model_dir("1", pipeline.storage / "check-v1"), version="1")
     normalized = read_table(pipeline.storage / "normalized_spectra" / "demo" / f"{pipeline.keys[1]}.parquet")
     rows = list(range(40))  # normalized_spectra keeps raw_spectra's row order
     assert normalized["TARGETID"].to_numpy()[rows].tolist() == [s["targetid"] for s in unseen]
-    local = model.score(
-        spectra_to_numpy(normalized["flux"])[rows],
-        spectra_to_numpy(normalized["ivar"])[rows],
-        normalized["Z"].to_numpy()[rows],
-    )
+    local = model.score(Spectra.from_table(normalized, REST_GRID.wave)[rows])
     np.testing.assert_allclose([s["anomaly_score"] for s in unseen], local["anomaly_score"], rtol=1e-5, atol=1e-5)
     held_out = ~model.scorer.training_rows(np.asarray([s["targetid"] for s in unseen]))
     assert held_out.any() and (~held_out).any()

@@ -9,6 +9,7 @@ a random common width, Lyα-forest absorption (lognormal optical depth growing w
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -19,13 +20,17 @@ from scipy.ndimage import gaussian_filter1d
 
 from qad_assets.errors import GridMismatchError
 from qad_assets.science.io.parquet_store import write_table_atomic
+from qad_assets.science.model.package import load_model, save_model
 from qad_assets.science.model.split import select_rows
-from qad_assets.science.model.training import SpectraArrays, TrainOptions, TrainResult, train_vae, train_vae_ray
-from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, load_model, negative_elbo, reconstruct, save_model
+from qad_assets.science.model.training import TrainOptions, TrainResult, train_vae, train_vae_ray
+from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, negative_elbo, reconstruct
+from qad_assets.science.spectra.container import Spectra, numpy_to_list
+from qad_assets.science.spectra.rest_frame import RestFrameGrid, lya_forest_mask
 
 C_KMS = 299792.458
-REST_WAVE = np.geomspace(800.0, 8460.0, 1024)
-FOREST = REST_WAVE < 1215.67
+GRID = RestFrameGrid(math.log10(800.0), (math.log10(8460.0) - math.log10(800.0)) / 1023, 1024)
+REST_WAVE = GRID.wave
+FOREST = lya_forest_mask(GRID)
 LINES = np.array([1215.67, 1549.06, 1908.73, 2798.75, 4862.68, 6564.61])
 LINE_PEAK = np.array([2.5, 1.0, 0.35, 0.5, 0.35, 1.2])  # mean peak height over the continuum
 
@@ -49,7 +54,7 @@ RAY_CHI2_TOLERANCE = 0.15
 
 def synthetic_quasars(
     n: int, seed: int, kind: str = "normal", z_range: tuple[float, float] = (0.3, 3.5)
-) -> SpectraArrays:
+) -> Spectra:
     """``n`` noisy normalized spectra; ``kind`` "bal" adds a CIV absorption trough, "shifted" moves lines."""
     rng = np.random.default_rng(seed)
     lnw = np.log(REST_WAVE)
@@ -76,19 +81,20 @@ def synthetic_quasars(
     flux = np.where(observed, signal + sigma * rng.normal(size=signal.shape), 0.0)
     ivar = np.where(observed, 1.0 / sigma**2, 0.0)
     targetid = rng.integers(1, 2**62, n, dtype=np.int64)
-    return SpectraArrays(targetid, flux.astype(np.float32), ivar.astype(np.float32))
+    return Spectra(REST_WAVE, flux.astype(np.float32), ivar.astype(np.float32), targetid, z[:, 0])
 
 
-def write_partitions(data: SpectraArrays, folder, n_files: int) -> list:
-    """``normalized_spectra``-like Parquet files (TARGETID, flux and ivar as fixed-size lists)."""
+def write_partitions(data: Spectra, folder, n_files: int) -> list:
+    """``normalized_spectra``-like Parquet files (TARGETID, Z, flux and ivar as fixed-size lists)."""
     paths = []
     for i, rows in enumerate(np.array_split(np.arange(len(data)), n_files)):
-        part = data.take(rows)
+        part = data[rows]
         table = pa.table(
             {
                 "TARGETID": part.targetid,
-                "flux": pa.FixedSizeListArray.from_arrays(part.flux.ravel(), REST_WAVE.size),
-                "ivar": pa.FixedSizeListArray.from_arrays(part.ivar.ravel(), REST_WAVE.size),
+                "Z": part.z,
+                "flux": numpy_to_list(part.flux),
+                "ivar": numpy_to_list(part.ivar),
             }
         )
         paths.append(folder / f"part{i}.parquet")
@@ -96,7 +102,7 @@ def write_partitions(data: SpectraArrays, folder, n_files: int) -> list:
     return paths
 
 
-def pooled_reduced_chi2(model: SpectrumVAE, data: SpectraArrays) -> float:
+def pooled_reduced_chi2(model: SpectrumVAE, data: Spectra) -> float:
     rec = reconstruct(model, data.flux, data.ivar)
     return float(rec.chi2.sum() / (rec.n_eff - 1.0).sum())
 
@@ -107,12 +113,12 @@ def auroc(anomalous: np.ndarray, normal: np.ndarray) -> float:
     return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
 
 
-def cut_half(data: SpectraArrays, keep_blue: bool) -> SpectraArrays:
+def cut_half(data: Spectra, keep_blue: bool) -> Spectra:
     """Keep the blue (or red) half of each spectrum's observed pixels."""
     rank = (data.ivar > 0).cumsum(1)
     half = rank[:, -1:] / 2.0
     keep = rank <= half if keep_blue else rank > half
-    return SpectraArrays(data.targetid, data.flux, data.ivar * keep)
+    return replace(data, ivar=data.ivar * keep)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +128,7 @@ def partitions(tmp_path_factory) -> list:
 
 @pytest.fixture(scope="module")
 def trained(partitions) -> TrainResult:
-    return train_vae(partitions, FOREST, VaeConfig(), OPTIONS)
+    return train_vae(partitions, GRID, VaeConfig(), OPTIONS)
 
 
 def test_training_loss_falls_and_val_chi2_approaches_one(trained):
@@ -139,8 +145,8 @@ def test_training_loss_falls_and_val_chi2_approaches_one(trained):
 def test_same_seed_gives_identical_weights(partitions):
     options = TrainOptions(seed=3, max_epochs=2, batch_size=64, val_fraction=0.1, shuffle_rows=512)
     config = VaeConfig(hidden=(64, 32), latent_dim=4)
-    runs = [train_vae(partitions[:1], FOREST, config, options).model.state_dict() for _ in range(2)]
-    other = train_vae(partitions[:1], FOREST, config, replace(options, seed=4))
+    runs = [train_vae(partitions[:1], GRID, config, options).model.state_dict() for _ in range(2)]
+    other = train_vae(partitions[:1], GRID, config, replace(options, seed=4))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not torch.equal(runs[0]["decoder.0.weight"], other.model.state_dict()["decoder.0.weight"])
 
@@ -210,12 +216,12 @@ def test_ray_train_two_workers_matches_single_process(partitions, tmp_path, monk
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # else each report waits ~1 s for a poll
     options = replace(OPTIONS, max_epochs=10)
-    single = train_vae(partitions, FOREST, VaeConfig(), options)
+    single = train_vae(partitions, GRID, VaeConfig(), options)
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        result = train_vae_ray(partitions, FOREST, VaeConfig(), options, storage_path=tmp_path / "ray", num_workers=2)
+        result = train_vae_ray(partitions, GRID, VaeConfig(), options, storage_path=tmp_path / "ray", num_workers=2)
     finally:
         if started_here:
             ray.shutdown()
@@ -229,5 +235,5 @@ def test_ray_train_two_workers_matches_single_process(partitions, tmp_path, monk
     assert pooled_reduced_chi2(result.model, fresh) < 1.2 * pooled_reduced_chi2(single.model, fresh)
 
 
-def _arrays(data: SpectraArrays) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(data: Spectra) -> tuple[np.ndarray, np.ndarray]:
     return data.flux, data.ivar

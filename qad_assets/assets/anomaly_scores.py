@@ -10,9 +10,10 @@ from pydantic import Field
 from qad_assets.assets.fan_out import CheckTable, check_result, check_specs, run_partition_steps, stage_metadata
 from qad_assets.assets.normalized_spectra import normalized_spectra
 from qad_assets.assets.raw_spectra import PARTITION_RETRY, SPECTRA_BACKFILL
-from qad_assets.assets.vae_model import read_registration, vae_model
+from qad_assets.assets.vae_model import vae_model
 from qad_assets.partitions import release_of, spectra_partitions
 from qad_assets.science.io.parquet_store import read_table, row_count
+from qad_assets.science.model.package import current_package, read_registration
 from qad_assets.science.partition_steps import rank_release, score_partition
 from resources.gpu import GpuResource
 from resources.k8s import K8S_GPU_TAGS
@@ -36,15 +37,15 @@ class ScoringConfig(dg.Config):
 def resolve_model(
     reference: str, release: str, storage: StorageResource, mlflow: MlflowResource
 ) -> tuple[Path, str, bool]:
-    """(model directory, registered version, whether the model was trained on this release)."""
-    trained_dir = storage.asset_dir("vae_model", release)
+    """(model package, registered version, whether the model was trained on this release)."""
+    release_dir = storage.asset_dir("vae_model", release)
     if not reference:
-        return trained_dir / "model", read_registration(trained_dir)["version"], True
-    own = read_registration(trained_dir)["version"] if (trained_dir / "registration.json").exists() else None
+        package = current_package(release_dir)
+        return package, read_registration(package)["version"], True
+    own = read_registration(current_package(release_dir))["version"] if (release_dir / "current").exists() else None
     version = mlflow.version_for(reference)
-    local = storage.asset_dir("anomaly_scores", release) / f"model-v{version}"
-    model_dir = local if local.exists() else mlflow.download_model_dir(version, local.parent / f".download-v{version}")
-    return model_dir, version, version == own
+    download = storage.asset_dir("anomaly_scores", release) / f".download-v{version}"
+    return mlflow.download_model_dir(version, download), version, version == own
 
 
 @dg.asset(
@@ -75,12 +76,12 @@ def anomaly_scores(
     models = {release: resolve_model(config.model, release, storage, mlflow) for release in releases}
 
     def step_for(key: str):
-        model_dir, version, own = models[release_of(key)]
+        package, version, own = models[release_of(key)]
         return partial(
             score_partition,
             storage.partition_file("normalized_spectra", key),
             out=storage.partition_file("anomaly_scores", key),
-            model_dir=model_dir,
+            package=package,
             model_version=version,
             trained_on_release=own,
             device=device,

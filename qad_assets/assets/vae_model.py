@@ -1,6 +1,5 @@
 """``vae_model``: the VAE of one release, trained on its normalized spectra and registered in MLflow."""
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -11,12 +10,12 @@ from pydantic import Field
 from qad_assets.assets.fan_out import CheckTable, check_result, check_specs
 from qad_assets.assets.normalized_spectra import normalized_spectra
 from qad_assets.partitions import release_partitions
-from qad_assets.science.io.atomic_files import write_bytes_atomic
+from qad_assets.science.io.parquet_store import read_spectra
+from qad_assets.science.model.package import ModelPackage, publish_package, stage_package
 from qad_assets.science.model.scoring import fit_scorer
 from qad_assets.science.model.training import TrainOptions, TrainResult, train_vae, train_vae_ray
-from qad_assets.science.model.vae import VaeConfig, save_model
-from qad_assets.science.spectra.rest_frame import REST_GRID, lya_forest_mask
-from qad_assets.science.validation.harness import load_release_spectra
+from qad_assets.science.model.vae import VaeConfig
+from qad_assets.science.spectra.rest_frame import REST_GRID
 from resources.gpu import GpuResource
 from resources.k8s import K8S_GPU_TAGS
 from resources.mlflow import CHALLENGER, MlflowResource
@@ -95,23 +94,16 @@ def vae_model(
     if not paths:
         raise dg.Failure(f"no normalized_spectra partitions of release {release} under {storage.root}")
     device = gpu.torch_device()
-    result = train(config, paths, device, storage.asset_dir("vae_model", release) / "ray")
-    model_dir = storage.asset_dir("vae_model", release) / "model"
-    save_model(result.model, result.config, REST_GRID, model_dir)
-    spectra = load_release_spectra(paths, max_rows=MAX_SCORER_ROWS)
-    fit_scorer(
-        result.model,
-        spectra.flux,
-        spectra.ivar,
-        spectra.snr,
-        spectra.targetid,
-        val_fraction=config.train_options().val_fraction,
-        grid=REST_GRID,
-    ).save(model_dir / "scorer.json")
+    release_dir = storage.asset_dir("vae_model", release)
+    result = train(config, paths, device, release_dir / "ray")
+    options = config.train_options()
+    spectra = read_spectra(paths, max_rows=MAX_SCORER_ROWS, wave=REST_GRID.wave)
+    scorer = fit_scorer(result.model, spectra, val_fraction=options.val_fraction, grid=REST_GRID)
+    staged = stage_package(release_dir, ModelPackage(result.model, result.config, options, scorer))
     tags = {"release": release, "dagster_run_id": context.run.run_id, "code_version": "1", "device": str(device)}
-    params = {**result.config.to_dict(), **vars(config.train_options()), "partitions": len(paths)}
+    params = {**result.config.to_dict(), **vars(options), "partitions": len(paths)}
     run_id, version = mlflow.log_model_version(
-        model_dir, npix=REST_GRID.npix, params=params, history=result.history, tags=tags
+        staged, npix=REST_GRID.npix, params=params, history=result.history, tags=tags
     )
     history = result.history
     checks = [
@@ -132,7 +124,7 @@ def vae_model(
     ]
     if all(c.passed for c in checks):
         mlflow.set_alias(CHALLENGER, version)
-    write_registration(storage.asset_dir("vae_model", release), version=version, run_id=run_id)
+    publish_package(release_dir, staged, version=version, run_id=run_id)
     return dg.MaterializeResult(
         metadata={
             "model_uri": f"models:/{mlflow.registered_model}/{version}",
@@ -155,28 +147,15 @@ def vae_model(
 def train(config: VaeTrainingConfig, paths: list[Path], device: torch.device, ray_dir: Path) -> TrainResult:
     """Single process (CPU or the GPU), or Ray Train DDP with ``ray_workers`` workers (on the Ray that
     the ``ray`` resource connected to)."""
-    forest = lya_forest_mask(REST_GRID)
     if config.ray_workers <= 0:
-        return train_vae(paths, forest, config.vae_config(), config.train_options(), device=device)
+        return train_vae(paths, REST_GRID, config.vae_config(), config.train_options(), device=device)
     ray_dir.mkdir(parents=True, exist_ok=True)
     return train_vae_ray(
         paths,
-        forest,
+        REST_GRID,
         config.vae_config(),
         config.train_options(),
         storage_path=tempfile.mkdtemp(dir=ray_dir),
         num_workers=config.ray_workers,
         use_gpu=device.type == "cuda",
     )
-
-
-def write_registration(folder: Path, *, version: str, run_id: str) -> None:
-    """Which registered version this release's model is, for the scoring step (atomic JSON)."""
-    write_bytes_atomic(folder / "registration.json", json.dumps({"version": version, "mlflow_run_id": run_id}).encode())
-
-
-def read_registration(folder: Path) -> dict[str, str]:
-    path = folder / "registration.json"
-    if not path.exists():
-        raise dg.Failure(f"{path}: no trained model for this release; materialize vae_model first")
-    return json.loads(path.read_text())

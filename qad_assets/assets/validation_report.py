@@ -7,19 +7,12 @@ from pydantic import Field
 
 from qad_assets.assets.anomaly_scores import anomaly_scores
 from qad_assets.assets.fan_out import CheckTable, check_result, check_specs
-from qad_assets.assets.vae_model import VaeTrainingConfig, read_registration, vae_model
+from qad_assets.assets.vae_model import vae_model
 from qad_assets.partitions import release_partitions
-from qad_assets.science.io.parquet_store import read_table
-from qad_assets.science.model.scoring import Scorer
-from qad_assets.science.model.vae import load_model
+from qad_assets.science.io.parquet_store import read_spectra, read_table
+from qad_assets.science.model.package import ModelPackage, current_package
 from qad_assets.science.spectra.rest_frame import REST_GRID
-from qad_assets.science.validation.harness import (
-    json_safe,
-    load_release_spectra,
-    read_catalogue,
-    release_scores,
-    validate_release,
-)
+from qad_assets.science.validation.harness import json_safe, read_catalogue, release_scores, validate_release
 from qad_assets.science.validation.report import write_report
 from resources.archive import ArchiveResource
 from resources.k8s import K8S_GPU_TAGS
@@ -70,27 +63,20 @@ def validation_report(
     release's model version becomes ``champion``.
     """
     release = context.partition_key
-    trained = storage.asset_dir("vae_model", release)
-    version = read_registration(trained)["version"]
-    model, _, _ = load_model(trained / "model", grid=REST_GRID)
-    scorer = Scorer.load(trained / "model" / "scorer.json")
-    val_fraction = VaeTrainingConfig().train_options().val_fraction
-    spectra = load_release_spectra(
-        sorted(storage.asset_dir("normalized_spectra", release).glob("*.parquet")), max_rows=config.max_rows
-    )
+    package = ModelPackage.load(current_package(storage.asset_dir("vae_model", release)), training_release=release)
+    version = package.version
+    normalized = sorted(storage.asset_dir("normalized_spectra", release).glob("*.parquet"))
+    spectra = read_spectra(normalized, max_rows=config.max_rows, wave=REST_GRID.wave)
     scores = release_scores(sorted(storage.asset_dir("anomaly_scores", release).glob("*.parquet")), spectra.targetid)
     truth_file = Path(archive.root) / f"truth-{release}.parquet"
-    retrain = VaeTrainingConfig(seed=config.stability_seed)
     result = validate_release(
-        model,
-        scorer,
+        package,
         spectra,
         scores,
-        val_fraction=val_fraction,
         per_class=config.injections_per_class,
         gallery_size=config.gallery_size,
         truth=read_table(truth_file, columns=["TARGETID", "anomaly_class"]) if truth_file.exists() else None,
-        retrain=(retrain.vae_config(), retrain.train_options()) if config.stability_seed >= 0 else None,
+        stability_seed=config.stability_seed if config.stability_seed >= 0 else None,
         catalogue=read_catalogue(config.crossmatch_catalog) if config.crossmatch_catalog else None,
         raw_files=sorted(storage.asset_dir("raw_spectra", release).glob("*.parquet")),
     )

@@ -8,11 +8,12 @@ import pyarrow as pa
 from qad_assets.demo.release import DemoRelease
 from qad_assets.science.io.parquet_store import read_table
 from qad_assets.science.io.spectra_file import read_spectra_file
+from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.normalization import normalized_table
-from qad_assets.science.validation.harness import ReleaseSpectra
+from qad_assets.science.spectra.rest_frame import REST_GRID
 
 
-def read_demo_spectra(demo: DemoRelease) -> tuple[ReleaseSpectra, np.ndarray]:
+def read_demo_spectra(demo: DemoRelease) -> tuple[Spectra, np.ndarray]:
     """Every kept quasar of a demo release, normalized as the pipeline normalizes it, and its truth
     ``anomaly_class`` per row ('' for a normal quasar): the fixture of tests and benchmarks.
     """
@@ -23,4 +24,4 @@ def read_demo_spectra(demo: DemoRelease) -> tuple[ReleaseSpectra, np.ndarray]:
     truth = read_table(demo.truth_path, columns=["TARGETID", "anomaly_class"])
     class_of = dict(zip(truth["TARGETID"].to_pylist(), truth["anomaly_class"].to_pylist(), strict=True))
     classes = np.asarray([class_of[t] or "" for t in table["TARGETID"].to_pylist()])
-    return ReleaseSpectra.from_table(table), classes
+    return Spectra.from_table(table, REST_GRID.wave), classes

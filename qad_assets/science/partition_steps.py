@@ -17,16 +17,13 @@ import pyarrow as pa
 from qad_assets.science.io.archive import HealpixCoadd
 from qad_assets.science.io.parquet_store import read_table, write_table_atomic
 from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA, read_spectra_file
-from qad_assets.science.model.package import SCORE_COLUMNS, ScoringModel
+from qad_assets.science.model.package import SCORE_COLUMNS, ModelPackage
 from qad_assets.science.spectra import ledger
+from qad_assets.science.spectra.container import Spectra, list_to_numpy, numpy_to_list
 from qad_assets.science.spectra.features import Backend, spectral_features
-from qad_assets.science.spectra.normalization import (
-    NORMALIZED_SCHEMA,
-    masked_median,
-    normalized_table,
-    spectra_to_numpy,
-)
+from qad_assets.science.spectra.normalization import NORMALIZED_SCHEMA, normalized_table
 from qad_assets.science.spectra.rest_frame import NORM_MIN_WAVE, REST_GRID, RestFrameGrid
+from qad_assets.science.spectra.snr import masked_median
 
 
 @dataclass(frozen=True)
@@ -105,7 +102,7 @@ def normalize_partition(raw: Path, *, out: Path, grid: RestFrameGrid = REST_GRID
     start = time.perf_counter()
     table = normalized_table(read_table(raw, RAW_SPECTRA_SCHEMA), grid, device=device)
     write_table_atomic(table, out)
-    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
+    flux, ivar = list_to_numpy(table["flux"]), list_to_numpy(table["ivar"])
     lo, hi = NORMALIZED_MEDIAN_BAND
     median = masked_median(flux, (ivar > 0) & (grid.wave >= NORM_MIN_WAVE))
     stats = {
@@ -129,31 +126,26 @@ def feature_partition(normalized: Path, *, out: Path, backend: Backend = "polars
 
 
 def score_partition(
-    normalized: Path, *, out: Path, model_dir: Path, model_version: str, trained_on_release: bool, device: str = "cpu"
+    normalized: Path, *, out: Path, package: Path, model_version: str, trained_on_release: bool, device: str = "cpu"
 ) -> StepSummary:
-    """``normalized_spectra`` Parquet → ``anomaly_scores`` Parquet with the model of ``model_dir``.
+    """``normalized_spectra`` Parquet → ``anomaly_scores`` Parquet with the model package ``package``.
 
     ``rank`` is written as null here and filled release-wide by :func:`rank_release`.
     """
     start = time.perf_counter()
-    model = ScoringModel.load(model_dir, version=model_version, device=device)
+    model = ModelPackage.load(package, version=model_version, device=device)
     table = read_table(normalized, NORMALIZED_SCHEMA, columns=["TARGETID", "Z", "flux", "ivar"])
-    targetid, z = table["TARGETID"].to_numpy(), table["Z"].to_numpy()
-    scores = model.score(
-        spectra_to_numpy(table["flux"]),
-        spectra_to_numpy(table["ivar"]),
-        z,
-        targetid=targetid,
-        from_training_release=trained_on_release,
-    )
+    spectra = Spectra.from_table(table, REST_GRID.wave)
+    scores = model.score(spectra, from_training_release=trained_on_release)
     latent = scores["latent_mean"].astype(np.float32)
+    z = spectra.z
     columns = {
-        "TARGETID": pa.array(targetid, pa.int64()),
+        "TARGETID": pa.array(spectra.targetid, pa.int64()),
         "Z": pa.array(z),
         "snr": pa.array(scores["snr"]),
         **{name: pa.array(scores[name]) for name in SCORE_COLUMNS},
         "anomaly_score": pa.array(scores["anomaly_score"], pa.float64()),
-        "latent": pa.FixedSizeListArray.from_arrays(pa.array(latent.ravel()), latent.shape[1]),
+        "latent": numpy_to_list(latent),
         "rank": pa.nulls(len(z), pa.int64()),
         "model_version": pa.array([model_version] * len(z), pa.string()),
     }

@@ -30,13 +30,14 @@ from qad_assets.science.device import DeviceChoice
 from qad_assets.science.io.redshifts import read_qso_catalog
 from qad_assets.science.model.registry import CHALLENGER, CHAMPION
 from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.observed import normalize_observed, observed_spectrum
 from qad_assets.service.inputs import (
-    RestFrameSpectra,
     ScoredPiece,
     response_rows,
     spectra_from_coadd,
     spectra_from_json,
+    split,
 )
 from qad_assets.service.registry import LoadedModel, RegistryModels
 from qad_assets.service.schema import ErrorResponse, ScoreRequest, ScoreResponse
@@ -94,7 +95,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
 
 
-def _spectra_in(items: list[RestFrameSpectra]) -> int:
+def _spectra_in(items: list[Spectra]) -> int:
     """The batcher's size of a batch: spectra, not requests."""
     return sum(len(item) for item in items)
 
@@ -110,21 +111,16 @@ _UPLOAD_SCHEMA = {
 }
 
 
-def score_together(model: LoadedModel, items: list[RestFrameSpectra]) -> list[ScoredPiece]:
+def score_together(model: LoadedModel, items: list[Spectra]) -> list[ScoredPiece]:
     """One forward pass for the spectra of several requests; each gets its own rows back. Spectra with a
     TARGETID from the model's training release are scored as the batch scores that release.
     """
 
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(item, name) for item in items])
-
     release = model.scoring.training_release
     seen = np.concatenate(
-        [item.has_targetid & (item.release is not None and item.release == release) for item in items]
+        [item.columns["has_targetid"] & (release is not None and item.meta.get("release") == release) for item in items]
     )
-    scores = model.scoring.score(
-        cat("flux"), cat("ivar"), cat("z"), targetid=cat("targetid"), from_training_release=seen
-    )
+    scores = model.scoring.score(Spectra.concat(items), from_training_release=seen)
     out, start = [], 0
     for item in items:
         rows = slice(start, start + len(item))
@@ -156,7 +152,7 @@ class ScoringService:
         flat = np.ones(BRZ_WAVE.size)
         rest = normalize_observed([observed_spectrum(0, BRZ_WAVE, flat, flat, 2.0)], device=self.device)
         if (champion := self.models.get(CHAMPION)) is not None:
-            champion.scoring.score(rest.flux, rest.ivar, np.asarray([2.0]))
+            champion.scoring.score(rest)
 
     def _poll_registry(self) -> None:
         while True:
@@ -224,7 +220,7 @@ class ScoringService:
             raise HTTPException(415, f"content type {kind or 'none'}: send application/json or multipart/form-data")
         if not len(spectra):
             return ScoreResponse(model=champion.describe(), scores=[], not_scored=not_scored)
-        scored = await asyncio.gather(*(self._score_champion(piece) for piece in spectra.split(MAX_BATCH_SPECTRA)))
+        scored = await asyncio.gather(*(self._score_champion(piece) for piece in split(spectra, MAX_BATCH_SPECTRA)))
         self._maybe_shadow(scored)
         rows = await asyncio.to_thread(response_rows, scored)
         return ScoreResponse(model=scored[0].model.describe(), scores=rows, not_scored=not_scored)
@@ -256,7 +252,7 @@ class ScoringService:
             raise HTTPException(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
         return chunks
 
-    async def _spectra_from_upload(self, request: Request) -> tuple[RestFrameSpectra, list]:
+    async def _spectra_from_upload(self, request: Request) -> tuple[Spectra, list]:
         """The form's ``coadd`` (+ ``redrock``, ``release``), read as ``raw_spectra`` reads a coadd."""
         chunks = await self._read_body(request, self.settings.max_upload_bytes)
 
@@ -286,11 +282,11 @@ class ScoringService:
             raise HTTPException(400, f"malformed multipart body: {getattr(err, 'detail', None) or err}") from None
 
     @serve.batch(max_batch_size=MAX_BATCH_SPECTRA, batch_wait_timeout_s=BATCH_WAIT_S, batch_size_fn=_spectra_in)
-    async def _score_champion(self, items: list[RestFrameSpectra]) -> list[ScoredPiece]:
+    async def _score_champion(self, items: list[Spectra]) -> list[ScoredPiece]:
         return await asyncio.to_thread(score_together, self._model(CHAMPION), items)
 
     @serve.batch(max_batch_size=MAX_BATCH_SPECTRA, batch_wait_timeout_s=BATCH_WAIT_S, batch_size_fn=_spectra_in)
-    async def _score_challenger(self, items: list[RestFrameSpectra]) -> list[ScoredPiece]:
+    async def _score_challenger(self, items: list[Spectra]) -> list[ScoredPiece]:
         return await asyncio.to_thread(score_together, self._model(CHALLENGER), items)
 
     def _maybe_shadow(self, champion: list[ScoredPiece]) -> None:

@@ -12,14 +12,14 @@ import numpy as np
 import pyarrow as pa
 
 from qad_assets.science.spectra.arms import BRZ_WAVE
-from qad_assets.science.spectra.normalization import spectra_to_numpy
+from qad_assets.science.spectra.container import list_to_numpy
 
 
 def score_request(raw_spectra: pa.Table, rows: Sequence[int] | None = None, *, release: str | None = None) -> dict:
     """A ``ScoreRequest`` body for ``rows`` (default all) of a ``raw_spectra`` table: the shared brz
     wavelength grid once, and per spectrum flux, ivar, the mask (1 where not ``good``), Z and TARGETID.
     """
-    flux, ivar, good = (spectra_to_numpy(raw_spectra[c]) for c in ("flux", "ivar", "good"))
+    flux, ivar, good = (list_to_numpy(raw_spectra[c]) for c in ("flux", "ivar", "good"))
     z, targetid = raw_spectra["Z"].to_pylist(), raw_spectra["TARGETID"].to_pylist()
     spectra = [
         {

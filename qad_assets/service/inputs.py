@@ -25,8 +25,10 @@ from qad_assets.science.io.redshifts import QsoCatalog
 from qad_assets.science.io.spectra_file import read_spectra_file
 from qad_assets.science.model.package import SCORE_COLUMNS
 from qad_assets.science.spectra import ledger
-from qad_assets.science.spectra.normalization import normalized_table, spectra_to_numpy
+from qad_assets.science.spectra.container import Spectra
+from qad_assets.science.spectra.normalization import normalized_table
 from qad_assets.science.spectra.observed import normalize_observed, observed_spectrum
+from qad_assets.science.spectra.rest_frame import REST_GRID
 from qad_assets.service.registry import LoadedModel
 from qad_assets.service.schema import NotScored, ScoreRequest, SpectrumScore
 
@@ -34,35 +36,17 @@ from qad_assets.service.schema import NotScored, ScoreRequest, SpectrumScore
 UPLOAD_RELEASE = "upload"
 
 
-@dataclass(frozen=True)
-class RestFrameSpectra:
-    """Spectra of one request on the rest grid: what the batcher scores. ``index`` is each one's place
-    in the request (JSON) or its FIBERMAP row (upload); ``targetid`` is 0 where none was given.
+def split(spectra: Spectra, size: int) -> list[Spectra]:
+    """Pieces of at most ``size`` spectra (one batcher item each)."""
+    return [spectra[lo : lo + size] for lo in range(0, len(spectra), size)]
+
+
+def spectra_from_json(body: bytes, *, max_spectra: int, device: str = "cpu") -> Spectra:
+    """A ``ScoreRequest`` JSON body, checked spectrum by spectrum and moved to the rest frame.
+
+    Columns: ``index`` (place in the request), ``has_targetid`` (TARGETID is 0 where none was given),
+    ``low_coverage``; ``meta["release"]`` the request's release.
     """
-
-    flux: np.ndarray
-    ivar: np.ndarray
-    z: np.ndarray
-    targetid: np.ndarray
-    has_targetid: np.ndarray
-    low_coverage: np.ndarray
-    index: np.ndarray
-    release: str | None
-
-    def __len__(self) -> int:
-        return len(self.z)
-
-    def split(self, size: int) -> list[RestFrameSpectra]:
-        """Pieces of at most ``size`` spectra (one batcher item each)."""
-        fields = ("flux", "ivar", "z", "targetid", "has_targetid", "low_coverage", "index")
-        return [
-            replace(self, **{name: getattr(self, name)[lo : lo + size] for name in fields})
-            for lo in range(0, len(self), size)
-        ]
-
-
-def spectra_from_json(body: bytes, *, max_spectra: int, device: str = "cpu") -> RestFrameSpectra:
-    """A ``ScoreRequest`` JSON body, checked spectrum by spectrum and moved to the rest frame."""
     try:
         request = ScoreRequest.model_validate_json(body)
     except ValidationError as err:
@@ -79,17 +63,11 @@ def spectra_from_json(body: bytes, *, max_spectra: int, device: str = "cpu") -> 
             observed.append(observed_spectrum(i, wavelength, s.flux, s.ivar, s.redshift, s.mask))
         except SpectrumError as err:
             raise HTTPException(422, str(err)) from None
-    rest = normalize_observed(observed, device=device)
     targetid = [s.targetid for s in request.spectra]
-    return RestFrameSpectra(
-        flux=rest.flux,
-        ivar=rest.ivar,
-        z=np.asarray([s.z for s in observed]),
-        targetid=np.asarray([t or 0 for t in targetid], np.int64),
-        has_targetid=np.asarray([t is not None for t in targetid]),
-        low_coverage=rest.low_coverage,
-        index=np.arange(len(observed)),
-        release=request.release,
+    rest = normalize_observed(observed, [t or 0 for t in targetid], device=device)
+    return replace(
+        rest.with_columns(has_targetid=np.asarray([t is not None for t in targetid]), index=np.arange(len(observed))),
+        meta={"release": request.release},
     )
 
 
@@ -118,7 +96,7 @@ def spectra_from_coadd(
     release: str | None,
     qso_catalog: QsoCatalog | None,
     device: str = "cpu",
-) -> tuple[RestFrameSpectra, list[NotScored]]:
+) -> tuple[Spectra, list[NotScored]]:
     """An uploaded DESI coadd (+ its redrock file) read as ``raw_spectra`` reads one: the quasars to
     score, and every other FIBERMAP row with its ledger reason. With a QSO catalogue the catalogue
     selects quasars and gives redshifts, as in the pipeline. ``filename`` only names the file in messages.
@@ -152,26 +130,19 @@ def spectra_from_coadd(
         for r, t, s, why in zip(rows["row"], rows["TARGETID"], rows["status"], rows["reason"], strict=True)
         if s != ledger.KEPT
     ]
-    spectra = RestFrameSpectra(
-        flux=spectra_to_numpy(rest["flux"]),
-        ivar=spectra_to_numpy(rest["ivar"]),
-        z=rest["Z"].to_numpy(),
-        targetid=rest["TARGETID"].to_numpy(),
-        has_targetid=np.ones(raw.num_rows, bool),
-        low_coverage=rest["low_coverage"].to_numpy(zero_copy_only=False),
-        index=np.asarray(kept, np.int64),
-        release=release,
+    spectra = Spectra.from_table(rest, REST_GRID.wave, columns=["low_coverage"]).with_columns(
+        has_targetid=np.ones(raw.num_rows, bool), index=np.asarray(kept, np.int64)
     )
-    return spectra, not_scored
+    return replace(spectra, meta={"release": release}), not_scored
 
 
 @dataclass(frozen=True)
 class ScoredPiece:
     """Spectra of one request (a piece of at most one forward pass), the model that scored them, and
-    their scores (arrays of ``ScoringModel.score``).
+    their scores (arrays of ``ModelPackage.score``).
     """
 
-    spectra: RestFrameSpectra
+    spectra: Spectra
     model: LoadedModel
     scores: dict[str, np.ndarray]
 
@@ -183,10 +154,10 @@ def response_rows(pieces: list[ScoredPiece]) -> list[SpectrumScore]:
         spectra, columns = piece.spectra, {key: piece.scores[key].tolist() for key in (*SCORE_COLUMNS, "snr")}
         rows += [
             SpectrumScore(
-                index=int(spectra.index[i]),
-                targetid=int(spectra.targetid[i]) if spectra.has_targetid[i] else None,
+                index=int(spectra.columns["index"][i]),
+                targetid=int(spectra.targetid[i]) if spectra.columns["has_targetid"][i] else None,
                 **{key: _json_value(values[i]) for key, values in columns.items()},
-                low_coverage=bool(spectra.low_coverage[i]),
+                low_coverage=bool(spectra.columns["low_coverage"][i]),
                 model_name=piece.model.name,
                 model_version=piece.model.version,
             )

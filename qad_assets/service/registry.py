@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qad_assets.science.model.package import ScoringModel
+from qad_assets.science.model.package import ModelPackage
 from qad_assets.science.model.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class LoadedModel:
 
     name: str
     alias: str
-    scoring: ScoringModel
+    scoring: ModelPackage
 
     @property
     def version(self) -> str:
@@ -66,7 +66,7 @@ class RegistryModels:
                     log.info("%s is now %s version %s", alias, self.registry.registered_model, version)
             return {alias: m.version if (m := self._loaded.get(alias)) else None for alias in self.aliases}
 
-    def _scoring(self, version: str) -> ScoringModel:
+    def _scoring(self, version: str) -> ModelPackage:
         """A version already held under another alias is shared; anything else is downloaded (weights and
         scorer only, nothing unpickled) into a temporary folder, loaded, and the folder removed.
         """
@@ -76,4 +76,4 @@ class RegistryModels:
         release = self.registry.version_tags(version).get("release")
         with tempfile.TemporaryDirectory(prefix=f"qad-model-v{version}-") as tmp:
             model_dir = self.registry.download_model_dir(version, Path(tmp))
-            return ScoringModel.load(model_dir, version=version, training_release=release, device=self.device)
+            return ModelPackage.load(model_dir, version=version, training_release=release, device=self.device)

@@ -39,8 +39,8 @@ class ShadowLog:
                 record = {
                     "time": now.isoformat(timespec="milliseconds"),
                     "request_id": request_id,
-                    "index": int(spectra.index[i]),
-                    "targetid": int(spectra.targetid[i]) if spectra.has_targetid[i] else None,
+                    "index": int(spectra.columns["index"][i]),
+                    "targetid": int(spectra.targetid[i]) if spectra.columns["has_targetid"][i] else None,
                     "champion_version": ours.model.version,
                     "champion_score": _number(ours.scores["anomaly_score"][i]),
                     "champion_p_value": _number(ours.scores["p_value"][i]),

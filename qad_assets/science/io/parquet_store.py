@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from qad_assets.science.io.atomic_files import write_atomic
+from qad_assets.science.spectra.container import Spectra
 
 COMPRESSION = "lz4"  # noisy float32 spectra barely compress; lz4 costs almost nothing
 
@@ -70,3 +72,17 @@ def read_metadata(path: Path) -> dict[str, str]:
 def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
     target = pa.schema([schema.field(name) for name in table.column_names], metadata=schema.metadata)
     return table.cast(target)
+
+
+def read_spectra(paths: Sequence[Path], *, max_rows: int, wave: np.ndarray) -> Spectra:
+    """The first ``max_rows`` spectra of ``normalized_spectra`` files (in path order) on the grid ``wave``:
+    bounded memory on any release.
+    """
+    tables, rows = [], 0
+    for path in paths:
+        if rows >= max_rows:
+            break
+        table = read_table(path, columns=["TARGETID", "Z", "flux", "ivar"]).slice(0, max_rows - rows)
+        tables.append(table)
+        rows += table.num_rows
+    return Spectra.from_table(pa.concat_tables(tables), wave) if tables else Spectra.empty(wave)

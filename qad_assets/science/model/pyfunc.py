@@ -2,7 +2,7 @@
 
 ``predict`` takes an array ``(N, 2, P)`` of rest-frame (flux, ivar) and returns ``(N, 3)``: reduced
 χ², KL term and best-fit amplitude. The weights are the safetensors/JSON directory written by
-``vae.save_model`` (artifact ``model_dir``), loaded with ``weights_only`` semantics.
+``package.save_model`` (artifact ``model_dir``), loaded with ``weights_only`` semantics.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-from qad_assets.science.model.vae import load_model, reconstruct
+from qad_assets.science.model.package import load_model
+from qad_assets.science.model.vae import reconstruct
 
 
 class VaePyfunc(PythonModel):

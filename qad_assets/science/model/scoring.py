@@ -34,13 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from qad_assets.errors import GridMismatchError, TooFewSpectraError
 from qad_assets.science.io.atomic_files import write_bytes_atomic
 from qad_assets.science.model.calibration import MIN_CALIBRATION_ROWS, SnrCalibration, fit_snr_calibration
 from qad_assets.science.model.explanation import explain
 from qad_assets.science.model.latent_density import LatentDensity, fit_latent_density
 from qad_assets.science.model.split import select_rows
-from qad_assets.science.model.vae import SpectrumVAE, grid_fingerprint, reconstruct
-from qad_assets.science.spectra.rest_frame import RestFrameGrid
+from qad_assets.science.model.vae import SpectrumVAE, reconstruct
+from qad_assets.science.spectra.container import Spectra
+from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid, grid_fingerprint
 
 #: Block sizes (pixels) of the coherent-residual components: 8 ≈ 1400 km/s, 32 ≈ 5500 km/s on REST_GRID.
 COHERENT_BLOCKS = (8, 32)
@@ -152,9 +154,10 @@ class _RawScores:
 
 
 def _raw_scores(
-    model: SpectrumVAE, flux: np.ndarray, ivar: np.ndarray, device: torch.device | str | None
+    model: SpectrumVAE, spectra: Spectra, device: torch.device | str | None
 ) -> tuple[_RawScores, np.ndarray]:
     """Reconstruct one batch and measure every raw component on it; also the per-pixel χ² (N, P)."""
+    flux, ivar = spectra.flux, spectra.ivar
     flux_t = torch.tensor(flux, dtype=torch.float32)  # a copy: Arrow-backed input is read-only
     ivar_t = torch.tensor(ivar, dtype=torch.float32).clamp_(min=0.0)
     rec = reconstruct(model, flux_t, ivar_t, device=device, batch_size=max(len(flux), 1))
@@ -193,13 +196,10 @@ def _block_chi2(residual: np.ndarray, weights: np.ndarray, block: int) -> np.nda
 
 def fit_scorer(
     model: SpectrumVAE,
-    flux: np.ndarray,
-    ivar: np.ndarray,
-    snr: np.ndarray,
-    targetid: np.ndarray,
+    spectra: Spectra,
     *,
     val_fraction: float,
-    grid: RestFrameGrid,
+    grid: RestFrameGrid = REST_GRID,
     device: torch.device | str | None = None,
     batch_size: int = 2048,
 ) -> Scorer:
@@ -210,17 +210,18 @@ def fit_scorer(
     spectra are then ones the model never saw. They are not known to be normal; the robust fits
     and the p-value reference tolerate the few per cent of anomalies a release holds.
     """
-    is_val = select_rows(np.asarray(targetid, np.int64), "val", val_fraction)
+    _check_grid(spectra, grid)
+    is_val = select_rows(spectra.targetid, "val", val_fraction)
     if is_val.sum() < MIN_CALIBRATION_ROWS or (~is_val).sum() < MIN_CALIBRATION_ROWS:
-        raise ValueError(
+        raise TooFewSpectraError(
             f"{is_val.sum()} held-out and {(~is_val).sum()} training rows at val_fraction={val_fraction}; "
             f"each needs at least {MIN_CALIBRATION_ROWS}"
         )
-    raw = [_raw_scores(model, flux[s], ivar[s], device)[0] for s in _batches(len(flux), batch_size)]
+    raw = [_raw_scores(model, spectra[s], device)[0] for s in _batches(len(spectra), batch_size)]
     density = fit_latent_density(np.concatenate([r.latent_mean for r in raw])[~is_val])
     per_batch = [r.components(density) for r in raw]
     components = {name: np.concatenate([c[name] for c in per_batch]) for name in COMPONENTS}
-    snr = np.asarray(snr, np.float64)
+    snr = spectra.snr
     calibrations = _fit_calibrations({k: v[is_val] for k, v in components.items()}, snr[is_val])
     train_calibrations = _fit_calibrations({k: v[~is_val] for k, v in components.items()}, snr[~is_val])
     _, reference = _standardise(calibrations, {k: v[is_val] for k, v in components.items()}, snr[is_val])
@@ -251,11 +252,8 @@ def _standardise(
 def score_spectra(
     model: SpectrumVAE,
     scorer: Scorer,
-    flux: np.ndarray,
-    ivar: np.ndarray,
-    z: np.ndarray,
-    snr: np.ndarray,
-    grid: RestFrameGrid,
+    spectra: Spectra,
+    grid: RestFrameGrid = REST_GRID,
     *,
     in_training: np.ndarray | None = None,
     device: torch.device | str | None = None,
@@ -275,16 +273,15 @@ def score_spectra(
     ``worst_arm``; and ``latent_mean`` (N, L). A spectrum without observed pixels gets NaN scores
     and empty explanations.
     """
+    _check_grid(spectra, grid)
     if grid_fingerprint(grid) != scorer.grid_sha256:
-        raise ValueError("the scorer was fitted on another rest-frame grid than the data's")
-    if len(flux) == 0:
+        raise GridMismatchError("the scorer was fitted on another rest-frame grid than the data's")
+    if len(spectra) == 0:
         raise ValueError("no spectra to score")
-    in_training = np.zeros(len(flux), bool) if in_training is None else np.asarray(in_training, bool)
+    in_training = np.zeros(len(spectra), bool) if in_training is None else np.asarray(in_training, bool)
     parts = [
-        _score_batch(
-            model, scorer, flux[s], ivar[s], np.asarray(z)[s], np.asarray(snr)[s], in_training[s], grid, device
-        )
-        for s in _batches(len(flux), batch_size)
+        _score_batch(model, scorer, spectra[s], in_training[s], grid, device)
+        for s in _batches(len(spectra), batch_size)
     ]
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
@@ -292,17 +289,14 @@ def score_spectra(
 def _score_batch(
     model: SpectrumVAE,
     scorer: Scorer,
-    flux: np.ndarray,
-    ivar: np.ndarray,
-    z: np.ndarray,
-    snr: np.ndarray,
+    spectra: Spectra,
     in_training: np.ndarray,
     grid: RestFrameGrid,
     device: torch.device | str | None,
 ) -> dict[str, np.ndarray]:
-    raw, pixel_chi2 = _raw_scores(model, flux, ivar, device)
+    raw, pixel_chi2 = _raw_scores(model, spectra, device)
     components = raw.components(scorer.density)
-    standardised, score = scorer.combine(components, snr, in_training)
+    standardised, score = scorer.combine(components, spectra.snr, in_training)
     return {
         "reduced_chi2": raw.reduced_chi2,
         "chi2": raw.chi2,
@@ -313,9 +307,14 @@ def _score_batch(
         **{f"z_{name}": value for name, value in standardised.items()},
         "anomaly_score": score,
         "p_value": scorer.p_value(score),
-        **explain(pixel_chi2, ivar > 0, z, grid),
+        **explain(pixel_chi2, spectra.ivar > 0, spectra.z, grid),
         "latent_mean": raw.latent_mean,
     }
+
+
+def _check_grid(spectra: Spectra, grid: RestFrameGrid) -> None:
+    if len(spectra.wave) != grid.npix or grid_fingerprint(spectra.wave) != grid_fingerprint(grid):
+        raise GridMismatchError(f"spectra on a {len(spectra.wave)}-pixel grid are not on the model's rest grid")
 
 
 def _batches(n: int, size: int) -> list[slice]:

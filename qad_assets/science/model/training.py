@@ -26,33 +26,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from qad_assets.science.io.parquet_store import iter_tables
 from qad_assets.science.model.split import Split, select_rows
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, negative_elbo
+from qad_assets.science.spectra.container import Spectra
+from qad_assets.science.spectra.rest_frame import RestFrameGrid, lya_forest_mask
 
 _T = TypeVar("_T")
 
-_COLUMNS = ("TARGETID", "flux", "ivar")
+_COLUMNS = ("TARGETID", "Z", "flux", "ivar")
 _STATE_FILE = "state.pt"
 
 
-@dataclass(frozen=True)
-class SpectraArrays:
-    """Spectra in memory: ``targetid`` (N,) int64, ``flux`` and ``ivar`` (N, P) float32."""
-
-    targetid: np.ndarray
-    flux: np.ndarray
-    ivar: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.targetid)
-
-    def take(self, index: slice | np.ndarray) -> SpectraArrays:
-        return SpectraArrays(self.targetid[index], self.flux[index], self.ivar[index])
-
-    @staticmethod
-    def concat(parts: Sequence[SpectraArrays]) -> SpectraArrays:
-        return SpectraArrays(*(np.concatenate(arrays) for arrays in zip(*_fields(parts), strict=True)))
-
-
-Source = Sequence[str | Path] | SpectraArrays
+Source = Sequence[str | Path] | Spectra
 
 
 @dataclass(frozen=True)
@@ -102,9 +85,11 @@ class SpectraStream(IterableDataset):
     DataLoader workers split the chunks between them.
     """
 
-    def __init__(self, source: Source, npix: int, options: TrainOptions, *, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, source: Source, wave: np.ndarray, options: TrainOptions, *, rank: int = 0, world_size: int = 1
+    ) -> None:
         super().__init__()
-        self.source, self.npix, self.options = source, npix, options
+        self.source, self.wave, self.options = source, wave, options
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
@@ -118,64 +103,54 @@ class SpectraStream(IterableDataset):
         # One chunk order for all loader workers (each takes every n-th), its own buffer shuffle each.
         order_rng = np.random.default_rng([opts.seed, self.epoch, self.rank])
         rng = np.random.default_rng([opts.seed, self.epoch, self.rank, worker])
-        chunks = _iter_chunks(self.source, self.npix, opts.read_rows, order_rng, worker, n_workers)
-        kept = (c.take(select_rows(c.targetid, "train", opts.val_fraction, self.rank, self.world_size)) for c in chunks)
+        chunks = _iter_chunks(self.source, self.wave, opts.read_rows, order_rng, worker, n_workers)
+        kept = (c[select_rows(c.targetid, "train", opts.val_fraction, self.rank, self.world_size)] for c in chunks)
         yield from _shuffled_batches(kept, rng, opts.batch_size, opts.shuffle_rows)
 
 
 def load_split(
     source: Source,
-    npix: int,
+    wave: np.ndarray,
     split: Split,
     val_fraction: float,
     *,
     rank: int = 0,
     world_size: int = 1,
     read_rows: int = 2048,
-) -> SpectraArrays:
+) -> Spectra:
     """All rows of ``split`` owned by ``rank``, in memory (the validation set: a few % of a release)."""
     parts = [
-        c.take(select_rows(c.targetid, split, val_fraction, rank, world_size))
-        for c in _iter_chunks(source, npix, read_rows)
+        c[select_rows(c.targetid, split, val_fraction, rank, world_size)] for c in _iter_chunks(source, wave, read_rows)
     ]
-    return SpectraArrays.concat(parts) if parts else _empty(npix)
+    return Spectra.concat(parts) if parts else Spectra.empty(wave)
 
 
 def _iter_chunks(
     source: Source,
-    npix: int,
+    wave: np.ndarray,
     read_rows: int,
     rng: np.random.Generator | None = None,
     worker: int = 0,
     n_workers: int = 1,
-) -> Iterator[SpectraArrays]:
+) -> Iterator[Spectra]:
     """Chunks of ``source`` in random order (``rng``) or stored order; worker ``w`` gets every n-th."""
-    if isinstance(source, SpectraArrays):
-        _check_npix(source.flux.shape[1], npix, "arrays")
+    if isinstance(source, Spectra):
+        _check_npix(source.flux.shape[1], len(wave), "arrays")
         starts = np.arange(0, len(source), read_rows)
         order = rng.permutation(starts) if rng is not None else starts
         for start in order[worker::n_workers]:
-            yield source.take(slice(start, start + read_rows))
+            yield source[start : start + read_rows]
         return
     order = rng.permutation(len(source)) if rng is not None else np.arange(len(source))
     for i in order[worker::n_workers]:
-        yield from _read_parquet(Path(source[i]), npix, read_rows)
+        yield from _read_parquet(Path(source[i]), wave, read_rows)
 
 
-def _read_parquet(path: Path, npix: int, read_rows: int) -> Iterator[SpectraArrays]:
-    """Record batches of one ``normalized_spectra`` file as arrays (fixed-size lists → (n, P) views)."""
+def _read_parquet(path: Path, wave: np.ndarray, read_rows: int) -> Iterator[Spectra]:
+    """Record batches of one ``normalized_spectra`` file as spectra (fixed-size lists → (n, P) views)."""
     for batch in iter_tables(path, columns=_COLUMNS, rows=read_rows):
-        yield SpectraArrays(
-            targetid=batch.column("TARGETID").to_numpy().astype(np.int64, copy=False),
-            flux=_matrix(batch.column("flux"), npix, path),
-            ivar=_matrix(batch.column("ivar"), npix, path),
-        )
-
-
-def _matrix(column: Any, npix: int, path: Path) -> np.ndarray:
-    _check_npix(column.type.list_size, npix, str(path))
-    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return values.astype(np.float32, copy=False).reshape(len(column), npix)
+        _check_npix(batch.schema.field("flux").type.list_size, len(wave), str(path))
+        yield Spectra.from_table(batch, wave)
 
 
 def _check_npix(found: int, npix: int, where: str) -> None:
@@ -184,39 +159,31 @@ def _check_npix(found: int, npix: int, where: str) -> None:
 
 
 def _shuffled_batches(
-    chunks: Iterable[SpectraArrays], rng: np.random.Generator, batch_size: int, shuffle_rows: int
+    chunks: Iterable[Spectra], rng: np.random.Generator, batch_size: int, shuffle_rows: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Fill a buffer to ``shuffle_rows``, permute, emit full batches, carry the remainder over."""
-    pending: list[SpectraArrays] = []
+    pending: list[Spectra] = []
     n_pending = 0
     for chunk in chunks:
         pending.append(chunk)
         n_pending += len(chunk)
         if n_pending < shuffle_rows:
             continue
-        buffer = SpectraArrays.concat(pending)
+        buffer = Spectra.concat(pending)
         perm = rng.permutation(len(buffer))
         n_full = len(perm) - len(perm) % batch_size
         yield from _batches(buffer, perm[:n_full], batch_size)
-        pending = [buffer.take(perm[n_full:])]
+        pending = [buffer[perm[n_full:]]]
         n_pending = len(pending[0])
     if n_pending:
-        buffer = SpectraArrays.concat(pending)
+        buffer = Spectra.concat(pending)
         yield from _batches(buffer, rng.permutation(len(buffer)), batch_size)
 
 
-def _batches(buffer: SpectraArrays, order: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(buffer: Spectra, order: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         yield torch.from_numpy(buffer.flux[rows]), torch.from_numpy(buffer.ivar[rows])
-
-
-def _fields(parts: Sequence[SpectraArrays]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    return ((p.targetid, p.flux, p.ivar) for p in parts)
-
-
-def _empty(npix: int) -> SpectraArrays:
-    return SpectraArrays(np.empty(0, np.int64), np.empty((0, npix), np.float32), np.empty((0, npix), np.float32))
 
 
 def beta_at(config: VaeConfig, epoch: int) -> float:
@@ -276,7 +243,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    vae: SpectrumVAE, data: SpectraArrays, *, beta: float, device: torch.device, batch_size: int = 4096
+    vae: SpectrumVAE, data: Spectra, *, beta: float, device: torch.device, batch_size: int = 4096
 ) -> tuple[float, float]:
     """Validation (loss per weighted pixel, pooled reduced χ² Σχ²/Σdof), over all ranks' shards.
 
@@ -307,7 +274,7 @@ def _fit(
     net: torch.nn.Module,
     vae: SpectrumVAE,
     stream: SpectraStream,
-    val: SpectraArrays,
+    val: Spectra,
     options: TrainOptions,
     device: torch.device,
     report: Callable[[dict[str, Any]], None] | None = None,
@@ -350,29 +317,25 @@ def _fit(
 
 def train_vae(
     source: Source,
-    forest_mask: np.ndarray,
+    grid: RestFrameGrid,
     config: VaeConfig | None = None,
     options: TrainOptions | None = None,
     *,
     device: str | torch.device = "cpu",
 ) -> TrainResult:
-    """Train a VAE in this process on Parquet files or arrays; bit-reproducible on CPU for a seed.
-
-    ``forest_mask`` (P,) marks the Lyα forest pixels of the rest grid (and fixes ``P``).
-    """
+    """Train a VAE on ``grid`` in this process on Parquet files or spectra; bit-reproducible on CPU for a seed."""
     config, options, device = config or VaeConfig(), options or TrainOptions(), torch.device(device)
-    npix = len(forest_mask)
     with _deterministic(device):
         torch.manual_seed(options.seed)
-        vae = SpectrumVAE(npix, forest_mask, config).to(device)
-        val = load_split(source, npix, "val", options.val_fraction, read_rows=options.read_rows)
-        outcome = _fit(vae, vae, SpectraStream(source, npix, options), val, options, device)
-    return _result(npix, forest_mask, config, outcome.best_state, outcome.best_epoch, outcome.history)
+        vae = SpectrumVAE(grid.npix, lya_forest_mask(grid), config).to(device)
+        val = load_split(source, grid.wave, "val", options.val_fraction, read_rows=options.read_rows)
+        outcome = _fit(vae, vae, SpectraStream(source, grid.wave, options), val, options, device)
+    return _result(grid, config, outcome.best_state, outcome.best_epoch, outcome.history)
 
 
 def train_vae_ray(
     paths: Sequence[str | Path],
-    forest_mask: np.ndarray,
+    grid: RestFrameGrid,
     config: VaeConfig | None = None,
     options: TrainOptions | None = None,
     *,
@@ -396,7 +359,7 @@ def train_vae_ray(
         _ray_train_loop,
         train_loop_config={
             "paths": [str(p) for p in paths],
-            "forest_mask": np.asarray(forest_mask, dtype=bool),
+            "grid": grid,
             "config": config,
             "options": options,
         },
@@ -411,7 +374,7 @@ def train_vae_ray(
         state = torch.load(Path(checkpoint_dir) / _STATE_FILE, map_location="cpu", weights_only=True)
     metrics = result.metrics
     history = {k: list(metrics[k]) for k in ("train_loss", "val_loss", "val_reduced_chi2", "throughput")}
-    return _result(len(forest_mask), forest_mask, config, state, int(metrics["best_epoch"]), history)
+    return _result(grid, config, state, int(metrics["best_epoch"]), history)
 
 
 def _ray_train_loop(cfg: dict[str, Any]) -> None:
@@ -422,17 +385,16 @@ def _ray_train_loop(cfg: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    config, options, forest_mask = cfg["config"], cfg["options"], cfg["forest_mask"]
-    npix = len(forest_mask)
+    config, options, grid = cfg["config"], cfg["options"], cfg["grid"]
     torch.manual_seed(options.seed)
-    vae = SpectrumVAE(npix, forest_mask, config)
+    vae = SpectrumVAE(grid.npix, lya_forest_mask(grid), config)
     net = ray.train.torch.prepare_model(vae, parallel_strategy_kwargs={"forward_sync_buffers": False})
     torch.manual_seed(options.seed + rank)  # identical init above, distinct sampling noise below
     per_rank = replace(options, batch_size=max(1, options.batch_size // world_size))
-    stream = SpectraStream(cfg["paths"], npix, per_rank, rank=rank, world_size=world_size)
+    stream = SpectraStream(cfg["paths"], grid.wave, per_rank, rank=rank, world_size=world_size)
     val = load_split(
         cfg["paths"],
-        npix,
+        grid.wave,
         "val",
         options.val_fraction,
         rank=rank,
@@ -449,14 +411,13 @@ def _ray_train_loop(cfg: dict[str, Any]) -> None:
 
 
 def _result(
-    npix: int,
-    forest_mask: np.ndarray,
+    grid: RestFrameGrid,
     config: VaeConfig,
     state: dict[str, torch.Tensor],
     best_epoch: int,
     history: dict[str, list[float]],
 ) -> TrainResult:
-    model = SpectrumVAE(npix, forest_mask, config)
+    model = SpectrumVAE(grid.npix, lya_forest_mask(grid), config)
     model.load_state_dict(state)
     return TrainResult(model.eval(), config, best_epoch, history)
 

@@ -14,29 +14,18 @@ This module is plain PyTorch (no Dagster, no Ray) and is the model's only home.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-
-from qad_assets.errors import GridMismatchError
-from qad_assets.science.io.atomic_files import write_atomic
 
 #: Smallest amplitude the analytic fit may return: a template is never flipped or zeroed.
 MIN_AMPLITUDE = 1e-3
 
 #: Bound on the decoder's log-template, so exp() cannot overflow early in training.
 _MAX_LOG_TEMPLATE = 10.0
-
-_META_FILE = "model.json"
-_SAFETENSORS_FILE = "weights.safetensors"
-_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -214,70 +203,3 @@ def reconstruct(
         kl=cat.kl.numpy(),
         latent_mean=cat.mu.numpy(),
     )
-
-
-def grid_fingerprint(grid: Any) -> str:
-    """SHA-256 of the grid's float64 wavelengths (an array, an object with ``.wave``, or a hash)."""
-    if isinstance(grid, str):
-        return grid
-    wave = np.ascontiguousarray(getattr(grid, "wave", grid), dtype="<f8")
-    return hashlib.sha256(wave.tobytes()).hexdigest()
-
-
-def check_grid(grid_info: dict[str, Any], grid: Any) -> None:
-    """Raise :class:`GridMismatchError` unless ``grid`` is the grid the model was trained on."""
-    expected = grid_info["sha256"]
-    found = grid_fingerprint(grid)
-    if found != expected:
-        raise GridMismatchError(
-            f"model rest grid (npix={grid_info['npix']}, sha256={expected[:12]}…) differs from the "
-            f"data's (sha256={found[:12]}…): retrain the VAE on this grid or resample the data"
-        )
-
-
-def save_model(model: SpectrumVAE, config: VaeConfig, grid: Any, path: str | Path) -> Path:
-    """Write the weights (safetensors: tensors only, no code) and JSON metadata.
-
-    ``path`` is a directory. Each file goes to a temporary name and is renamed, metadata last, so a
-    reader never sees a half-written model.
-    """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights_file = _write_weights(state, path)
-    meta = {
-        "format_version": _FORMAT_VERSION,
-        "weights": weights_file,
-        "config": config.to_dict(),
-        "grid": {"npix": model.npix, "sha256": grid_fingerprint(grid)},
-    }
-    write_atomic(path / _META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
-    return path
-
-
-def load_model(
-    path: str | Path, *, grid: Any = None, map_location: str | torch.device = "cpu"
-) -> tuple[SpectrumVAE, VaeConfig, dict[str, Any]]:
-    """Load a model saved by :func:`save_model`, in eval mode; check ``grid`` against it when given.
-
-    Weights are read without unpickling code (safetensors).
-    """
-    path = Path(path)
-    meta = json.loads((path / _META_FILE).read_text())
-    grid_info = meta["grid"]
-    if grid is not None:
-        check_grid(grid_info, grid)
-    config = VaeConfig.from_dict(meta["config"])
-    state = _read_weights(path / meta["weights"], map_location)
-    model = SpectrumVAE(grid_info["npix"], state["forest_mask"].cpu().numpy(), config)
-    model.load_state_dict(state)
-    return model.to(map_location).eval(), config, grid_info
-
-
-def _write_weights(state: dict[str, torch.Tensor], path: Path) -> str:
-    write_atomic(path / _SAFETENSORS_FILE, lambda tmp: save_file(state, str(tmp)))
-    return _SAFETENSORS_FILE
-
-
-def _read_weights(file: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
-    return load_file(str(file), device=str(map_location))

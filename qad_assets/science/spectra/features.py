@@ -22,7 +22,8 @@ import polars as pl
 import pyarrow as pa
 from astropy.io import fits
 
-from qad_assets.science.spectra.normalization import masked_median, spectra_to_numpy
+from qad_assets.science.spectra.container import list_to_numpy
+from qad_assets.science.spectra.normalization import masked_median
 from qad_assets.science.spectra.rest_frame import C_KMS, EMISSION_LINES, REST_GRID, RestFrameGrid
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def spectral_features(
     if backend not in ("polars", "cudf"):
         raise ValueError(f"backend must be 'polars' or 'cudf', not {backend!r}")
     table = normalized if isinstance(normalized, pa.Table) else normalized.to_arrow()
-    flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
+    flux, ivar = list_to_numpy(table["flux"]), list_to_numpy(table["ivar"])
     if flux.shape[1] != grid.npix:
         raise ValueError(f"spectra have {flux.shape[1]} pixels, the grid {grid.npix}")
     columns: dict[str, Any] = {name: table[name] for name in ("TARGETID", "Z", "snr_b", "snr_r", "snr_z")}

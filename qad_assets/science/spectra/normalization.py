@@ -8,15 +8,16 @@ Resampled flux stays in the observed flux-density unit of the input (1e-17 erg/s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.container import Spectra, numpy_to_list
 from qad_assets.science.spectra.resampling import resample_to_rest
 from qad_assets.science.spectra.rest_frame import MIN_GOOD_REST_PIXELS, NORM_MIN_WAVE, REST_GRID, RestFrameGrid
+from qad_assets.science.spectra.snr import masked_median
 
 
 def normalize(
@@ -48,91 +49,62 @@ def normalize(
     return flux * inverse, ivar * (scale**2).astype(np.float32)[:, None], scale
 
 
-def masked_median(values: np.ndarray, select: np.ndarray) -> np.ndarray:
-    """Row medians (float64) of ``values[select]``, NaN for empty rows: one sort with NaN sorted last."""
-    ordered = np.sort(np.where(select, values, np.nan), axis=1)
-    count = select.sum(axis=1)
-    rows = np.arange(values.shape[0])
-    low = ordered[rows, np.maximum(count - 1, 0) // 2].astype(np.float64)
-    high = ordered[rows, np.minimum(count // 2, values.shape[1] - 1)].astype(np.float64)
-    return np.where(count > 0, 0.5 * (low + high), np.nan)
-
-
-@dataclass(frozen=True)
-class NormalizedBatch:
-    """Rest-frame, normalized spectra of one partition, with what the scale and coverage were."""
-
-    flux: np.ndarray  # (N, npix) float32, flux / scale
-    ivar: np.ndarray  # (N, npix) float32, ivar · scale²; 0 where no good data
-    scale: np.ndarray  # (N,) float64, observed-unit flux density that became 1
-    coverage_min: np.ndarray  # (N,) float32, rest Å of the first pixel with data (NaN if none)
-    coverage_max: np.ndarray  # (N,) float32, rest Å of the last pixel with data (NaN if none)
-    good_fraction: np.ndarray  # (N,) float32, fraction of the observed pixels that were good
-    low_coverage: np.ndarray  # (N,) bool, fewer than MIN_GOOD_REST_PIXELS good rest pixels
-
-    @classmethod
-    def empty(cls, n: int, npix: int) -> NormalizedBatch:
-        """Uninitialised arrays for ``n`` spectra, to be filled a slice at a time."""
-        return cls(
-            flux=np.empty((n, npix), np.float32),
-            ivar=np.empty((n, npix), np.float32),
-            scale=np.empty(n),
-            coverage_min=np.empty(n, np.float32),
-            coverage_max=np.empty(n, np.float32),
-            good_fraction=np.empty(n, np.float32),
-            low_coverage=np.empty(n, bool),
-        )
-
+#: Per-spectrum columns :func:`normalize_batch` adds: what the scale was and where each spectrum has data.
+NORMALIZATION_COLUMNS: dict[str, type] = {
+    "scale": np.float64,  # observed-unit flux density that became 1
+    "coverage_min": np.float32,  # rest Å of the first pixel with data (NaN if none)
+    "coverage_max": np.float32,  # rest Å of the last pixel with data (NaN if none)
+    "good_fraction": np.float32,  # fraction of the observed pixels that were good
+    "low_coverage": np.bool_,  # fewer than MIN_GOOD_REST_PIXELS good rest pixels
+}
 
 #: Spectra per step of :func:`normalize_batch` on a CPU: work arrays stay cache-sized and reuse memory.
 CPU_BATCH_ROWS = 256
 
 
 def normalize_batch(
-    flux: np.ndarray,
-    ivar: np.ndarray,
-    good: np.ndarray,
-    z: np.ndarray,
-    grid: RestFrameGrid = REST_GRID,
-    *,
-    obs_wave: np.ndarray = BRZ_WAVE,
-    device: str | torch.device | None = None,
-) -> NormalizedBatch:
-    """Observed ``brz`` spectra → rest frame → normalized, plus per-spectrum coverage figures."""
-    n = len(z)
-    batch = NormalizedBatch.empty(n, grid.npix)
+    observed: Spectra, grid: RestFrameGrid = REST_GRID, *, device: str | torch.device | None = None
+) -> Spectra:
+    """Observed spectra → rest frame on ``grid`` → normalized, with the :data:`NORMALIZATION_COLUMNS`
+    added to the input's columns. A pixel has data where ivar > 0 (ingestion zeroes the others).
+    """
+    n = len(observed)
+    rest = Spectra(
+        wave=grid.wave,
+        flux=np.empty((n, grid.npix), np.float32),
+        ivar=np.empty((n, grid.npix), np.float32),
+        targetid=observed.targetid,
+        z=observed.z,
+        columns={**observed.columns, **{name: np.empty(n, kind) for name, kind in NORMALIZATION_COLUMNS.items()}},
+        meta=observed.meta,
+    )
     on_cpu = device is None or torch.device(device).type == "cpu"
     step = CPU_BATCH_ROWS if on_cpu else max(n, 1)
     for lo in range(0, n, step):
-        rows = slice(lo, lo + step)
-        _normalize_rows(batch, rows, flux[rows], ivar[rows], good[rows], z[rows], grid, obs_wave, device)
-    return batch
+        _normalize_rows(observed[lo : lo + step], rest, slice(lo, lo + step), grid, device)
+    return rest
 
 
 def _normalize_rows(
-    batch: NormalizedBatch,
-    rows: slice,
-    flux: np.ndarray,
-    ivar: np.ndarray,
-    good: np.ndarray,
-    z: np.ndarray,
-    grid: RestFrameGrid,
-    obs_wave: np.ndarray,
-    device: str | torch.device | None,
+    observed: Spectra, rest: Spectra, rows: slice, grid: RestFrameGrid, device: str | torch.device | None
 ) -> None:
-    """Fill ``batch[rows]``: resample, normalize, and measure where each spectrum has data."""
-    rest_flux, rest_ivar = resample_to_rest(obs_wave, flux, ivar, good, z, grid, device=device)
-    batch.flux[rows], batch.ivar[rows], batch.scale[rows] = normalize(rest_flux, rest_ivar, grid)
+    """Fill ``rest[rows]``: resample, normalize, and measure where each spectrum has data."""
+    good = observed.ivar > 0
+    rest_flux, rest_ivar = resample_to_rest(
+        observed.wave, observed.flux, observed.ivar, good, observed.z, grid, device=device
+    )
+    column = rest.columns
+    rest.flux[rows], rest.ivar[rows], column["scale"][rows] = normalize(rest_flux, rest_ivar, grid)
     covered = rest_ivar > 0
     n_covered = covered.sum(axis=1)
     none = n_covered == 0
     wave = grid.wave.astype(np.float32)
     first = np.argmax(covered, axis=1)
     last = grid.npix - 1 - np.argmax(covered[:, ::-1], axis=1)
-    batch.coverage_min[rows] = np.where(none, np.nan, wave[first])
-    batch.coverage_max[rows] = np.where(none, np.nan, wave[last])
-    batch.good_fraction[rows] = np.asarray(good, bool).mean(axis=1)
-    batch.low_coverage[rows] = n_covered < MIN_GOOD_REST_PIXELS
+    column["coverage_min"][rows] = np.where(none, np.nan, wave[first])
+    column["coverage_max"][rows] = np.where(none, np.nan, wave[last])
+    column["good_fraction"][rows] = good.mean(axis=1)
+    column["low_coverage"][rows] = n_covered < MIN_GOOD_REST_PIXELS
 
 
 GRID_METADATA_KEY = b"rest_frame_grid"
@@ -163,49 +135,21 @@ def normalized_schema(grid: RestFrameGrid = REST_GRID) -> pa.Schema:
 NORMALIZED_SCHEMA = normalized_schema(REST_GRID)
 
 
-def spectra_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A fixed-size-list column as an ``(N, width)`` numpy array, zero-copy for float columns."""
-    array = (
-        (column.chunk(0) if column.num_chunks == 1 else column.combine_chunks())  # combine_chunks copies even one
-        if isinstance(column, pa.ChunkedArray)
-        else column
-    )
-    width = array.type.list_size
-    return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
-
-
 def normalized_table(
     raw: pa.Table, grid: RestFrameGrid = REST_GRID, *, device: str | torch.device | None = None
 ) -> pa.Table:
-    """A ``raw_spectra`` table (TARGETID, Z, snr_*, brz flux/ivar/good lists) → ``normalized_spectra``."""
-    batch = normalize_batch(
-        spectra_to_numpy(raw["flux"]),
-        spectra_to_numpy(raw["ivar"]),
-        spectra_to_numpy(raw["good"]),
-        raw["Z"].to_numpy(),
-        grid,
-        device=device,
-    )
-
-    def spectra(values: np.ndarray) -> pa.FixedSizeListArray:
-        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), grid.npix)
-
+    """A ``raw_spectra`` table (TARGETID, Z, snr_*, brz flux/ivar lists) → ``normalized_spectra``."""
+    rest = normalize_batch(Spectra.from_table(raw, BRZ_WAVE), grid, device=device)
+    columns = {
+        "TARGETID": raw["TARGETID"],
+        "Z": raw["Z"],
+        **rest.columns,
+        **{name: raw[name] for name in ("snr_b", "snr_r", "snr_z")},
+        "flux": numpy_to_list(rest.flux),
+        "ivar": numpy_to_list(rest.ivar),
+    }
     schema = normalized_schema(grid)
-    columns = [
-        raw["TARGETID"],
-        raw["Z"],
-        batch.scale,
-        batch.coverage_min,
-        batch.coverage_max,
-        batch.good_fraction,
-        batch.low_coverage,
-        raw["snr_b"],
-        raw["snr_r"],
-        raw["snr_z"],
-        spectra(batch.flux),
-        spectra(batch.ivar),
-    ]
-    return pa.Table.from_arrays([_as_column(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema)
+    return pa.Table.from_arrays([_as_column(columns[f.name], f.type) for f in schema], schema=schema)
 
 
 def _as_column(values: pa.ChunkedArray | pa.Array | np.ndarray, type_: pa.DataType) -> pa.ChunkedArray:

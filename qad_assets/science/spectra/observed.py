@@ -19,7 +19,8 @@ import torch
 
 from qad_assets.errors import SpectrumError
 from qad_assets.science.spectra import ledger
-from qad_assets.science.spectra.normalization import NormalizedBatch, normalize_batch
+from qad_assets.science.spectra.container import Spectra
+from qad_assets.science.spectra.normalization import normalize_batch
 from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid
 from qad_assets.science.spectra.selection import bad_pixels
 
@@ -32,12 +33,11 @@ MAX_PIXELS = 20_000
 
 @dataclass(frozen=True)
 class ObservedSpectrum:
-    """One checked spectrum: flux and ivar are 0 where a pixel is not ``good``, as ``raw_spectra`` stores them."""
+    """One checked spectrum: flux and ivar are 0 where a pixel is not good, as ``raw_spectra`` stores them."""
 
     wavelength: np.ndarray  # (n,) float64, vacuum Å, strictly increasing
     flux: np.ndarray  # (n,) float32
     ivar: np.ndarray  # (n,) float32
-    good: np.ndarray  # (n,) bool: ivar > 0 and mask == 0
     z: float
 
 
@@ -78,7 +78,6 @@ def observed_spectrum(
         wave,
         np.where(good, flux_, 0.0).astype(np.float32),
         np.where(good, ivar_, 0.0).astype(np.float32),
-        good,
         float(z),
     )
 
@@ -117,26 +116,29 @@ def _check_pixels(index: int, flux: np.ndarray, ivar: np.ndarray, unmasked: np.n
 
 
 def normalize_observed(
-    spectra: Sequence[ObservedSpectrum], grid: RestFrameGrid = REST_GRID, *, device: str | torch.device | None = None
-) -> NormalizedBatch:
+    spectra: Sequence[ObservedSpectrum],
+    targetid: Sequence[int] | np.ndarray | None = None,
+    grid: RestFrameGrid = REST_GRID,
+    *,
+    device: str | torch.device | None = None,
+) -> Spectra:
     """Rest frame, normalized, in request order: one vectorised :func:`normalize_batch` per distinct
-    wavelength grid (a request of DESI spectra is one call).
+    wavelength grid (a request of DESI spectra is one call). ``targetid`` defaults to 0 for each.
     """
+    ids = np.zeros(len(spectra), np.int64) if targetid is None else np.asarray(targetid, np.int64)
     groups: dict[bytes, list[int]] = {}
     for row, spectrum in enumerate(spectra):
         groups.setdefault(spectrum.wavelength.tobytes(), []).append(row)
-    out = NormalizedBatch.empty(len(spectra), grid.npix)
+    parts, order = [], []
     for rows in groups.values():
         members = [spectra[r] for r in rows]
-        part = normalize_batch(
-            np.stack([s.flux for s in members]),
-            np.stack([s.ivar for s in members]),
-            np.stack([s.good for s in members]),
-            np.asarray([s.z for s in members]),
-            grid,
-            obs_wave=members[0].wavelength,
-            device=device,
+        observed = Spectra(
+            wave=members[0].wavelength,
+            flux=np.stack([s.flux for s in members]),
+            ivar=np.stack([s.ivar for s in members]),
+            targetid=ids[rows],
+            z=np.asarray([s.z for s in members]),
         )
-        for name in vars(out):
-            getattr(out, name)[rows] = getattr(part, name)
-    return out
+        parts.append(normalize_batch(observed, grid, device=device))
+        order += rows
+    return Spectra.concat(parts)[np.argsort(order)]

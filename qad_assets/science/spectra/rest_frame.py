@@ -9,6 +9,7 @@ Units: wavelengths are vacuum Å. Resampling onto the grid is :mod:`.resampling`
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -148,3 +149,11 @@ REGION_NAMES: dict[int, str] = {
     REGION_HBETA: "hbeta",
     REGION_HALPHA: "halpha",
 }
+
+
+def grid_fingerprint(grid: Any) -> str:
+    """SHA-256 of the grid's float64 wavelengths (an array, an object with ``.wave``, or a hash)."""
+    if isinstance(grid, str):
+        return grid
+    wave = np.ascontiguousarray(getattr(grid, "wave", grid), dtype="<f8")
+    return hashlib.sha256(wave.tobytes()).hexdigest()

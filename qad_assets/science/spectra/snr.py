@@ -9,27 +9,26 @@ import numpy as np
 import pyarrow as pa
 
 from qad_assets.science.spectra.arms import ARM_WAVE, ARMS, BRZ_WAVE, WAVE_STEP
-from qad_assets.science.spectra.normalization import masked_median
-from qad_assets.science.spectra.rest_frame import NORM_MIN_WAVE, RestFrameGrid
+from qad_assets.science.spectra.rest_frame import NORM_MIN_WAVE
+
+
+def masked_median(values: np.ndarray, select: np.ndarray) -> np.ndarray:
+    """Row medians (float64) of ``values[select]``, NaN for empty rows: one vectorized sort (NaN last) and
+    the middle index per row, instead of nanmedian's per-row Python loop."""
+    ordered = np.sort(np.where(select, values, np.nan), axis=1)
+    count = select.sum(axis=1)
+    rows = np.arange(values.shape[0])
+    low = ordered[rows, np.maximum(count - 1, 0) // 2].astype(np.float64)
+    high = ordered[rows, np.minimum(count // 2, values.shape[1] - 1)].astype(np.float64)
+    return np.where(count > 0, 0.5 * (low + high), np.nan)
 
 
 def arm_snr(flux: np.ndarray, ivar: np.ndarray, good: np.ndarray) -> dict[str, pa.Array]:
     """``snr_b/r/z``: row median of flux*sqrt(ivar) over the good pixels of each arm's own window."""
     snr = np.sqrt(ivar)
     snr *= flux
-    np.copyto(snr, np.float32(np.nan), where=~good)
-    return {name: _row_median(snr[:, w], good[:, w]) for name, w in SNR_WINDOWS.items()}
-
-
-def _row_median(values: np.ndarray, good: np.ndarray) -> pa.Array:
-    """Median of each row's good values (the others are NaN), null when none: one vectorized sort (NaN
-    last) and the middle index per row, instead of nanmedian's per-row Python loop."""
-    ordered = np.sort(values, axis=1)
-    ngood = np.count_nonzero(good, axis=1)
-    lo = np.maximum((ngood - 1) // 2, 0)[:, None]
-    hi = np.maximum(ngood // 2, 0)[:, None]
-    med = 0.5 * (np.take_along_axis(ordered, lo, 1) + np.take_along_axis(ordered, hi, 1))
-    return pa.array(med[:, 0].astype(np.float32), pa.float32(), mask=ngood == 0)
+    medians = {name: masked_median(snr[:, w], good[:, w]) for name, w in SNR_WINDOWS.items()}
+    return {name: pa.array(m.astype(np.float32), pa.float32(), mask=np.isnan(m)) for name, m in medians.items()}
 
 
 def _snr_windows() -> dict[str, slice]:
@@ -44,13 +43,13 @@ def _snr_windows() -> dict[str, slice]:
 SNR_WINDOWS = _snr_windows()
 
 
-def spectrum_snr(flux: np.ndarray, ivar: np.ndarray, grid: RestFrameGrid) -> np.ndarray:
-    """Median flux·√ivar per rest pixel redward of 1250 Å (no forest), float64 (N,).
+def spectrum_snr(flux: np.ndarray, ivar: np.ndarray, wave: np.ndarray) -> np.ndarray:
+    """Median flux·√ivar per rest pixel redward of 1250 Å (no forest), float64 (N,), on the grid ``wave``.
 
     The pixels that set the normalization; all good pixels when fewer than 50 are there.
     """
     good = ivar > 0
-    select = good & (grid.wave >= NORM_MIN_WAVE)
+    select = good & (np.asarray(wave) >= NORM_MIN_WAVE)
     few = select.sum(axis=1) < 50
     select[few] = good[few]
     return masked_median(flux * np.sqrt(np.clip(ivar, 0.0, None)), select)

@@ -27,6 +27,7 @@ from sklearn.ensemble import IsolationForest
 from qad_assets.science.model.calibration import MIN_CALIBRATION_ROWS, SnrCalibration, fit_snr_calibration
 from qad_assets.science.model.split import select_rows
 from qad_assets.science.model.vae import VaeConfig
+from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.rest_frame import RestFrameGrid, lya_forest_mask
 
 #: Relative ridge on the per-pixel component solve: pixels few spectra cover stay well determined.
@@ -62,24 +63,24 @@ class PcaBaseline:
     components: np.ndarray = field(init=False, repr=False)  # (K, P), orthonormal, by decreasing variance
     calibration: SnrCalibration = field(init=False, repr=False)
 
-    def fit(
-        self, flux: np.ndarray, ivar: np.ndarray, snr: np.ndarray, targetid: np.ndarray, *, val_fraction: float
-    ) -> PcaBaseline:
+    def fit(self, spectra: Spectra, *, val_fraction: float) -> PcaBaseline:
         """Components from the training rows, the S/N calibration from the held-out rows."""
-        is_val = _split(targetid, val_fraction)
-        train_flux, train_w = np.asarray(flux, np.float64)[~is_val], pixel_weights(ivar[~is_val], self.grid)
+        is_val = _split(spectra.targetid, val_fraction)
+        train = spectra[~is_val]
+        train_flux, train_w = np.asarray(train.flux, np.float64), pixel_weights(train.ivar, self.grid)
         self.mean = _weighted_mean(train_flux, train_w)
         self.components = _em_pca(train_flux - self.mean, train_w, self.n_components, self.n_iter, self.seed)
-        self.calibration = fit_snr_calibration(self.raw_score(flux[is_val], ivar[is_val]), snr[is_val])
+        held_out = spectra[is_val]
+        self.calibration = fit_snr_calibration(self.raw_score(held_out), held_out.snr)
         return self
 
-    def project(self, flux: np.ndarray, ivar: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def project(self, spectra: Spectra) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Weighted least-squares fit on [mean, components]: (coefficients (N, K+1), χ², n_eff).
 
         Coefficient 0 is the amplitude of the mean spectrum. n_eff counts forest pixels at the
         forest weight, as the VAE does.
         """
-        flux = np.asarray(flux, np.float64)
+        flux, ivar = np.asarray(spectra.flux, np.float64), spectra.ivar
         weights = pixel_weights(ivar, self.grid)
         basis = np.vstack([self.mean, self.components])  # (K+1, P)
         coef = _solve_coefficients(flux, weights, basis)
@@ -88,20 +89,20 @@ class PcaBaseline:
         n_eff = ((np.asarray(ivar) > 0) * forest_weight).sum(axis=1)
         return coef, chi2, n_eff
 
-    def raw_score(self, flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
+    def raw_score(self, spectra: Spectra) -> np.ndarray:
         """log of χ²/(n_eff − 1 − K) of the projection (NaN without data)."""
-        _, chi2, n_eff = self.project(flux, ivar)
+        _, chi2, n_eff = self.project(spectra)
         dof = np.maximum(n_eff - 1.0 - self.components.shape[0], 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(n_eff > 0, np.log(chi2 / dof), np.nan)
 
-    def score(self, flux: np.ndarray, ivar: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    def score(self, spectra: Spectra) -> np.ndarray:
         """S/N-standardised score, float64 (N,), higher = more anomalous."""
-        return self.calibration.standardise(self.raw_score(flux, ivar), snr)
+        return self.calibration.standardise(self.raw_score(spectra), spectra.snr)
 
-    def shape_coefficients(self, flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
+    def shape_coefficients(self, spectra: Spectra) -> np.ndarray:
         """Component coefficients over the amplitude (N, K): the spectrum's shape in PCA space."""
-        coef, _, _ = self.project(flux, ivar)
+        coef, _, _ = self.project(spectra)
         amplitude = np.where(np.abs(coef[:, 0]) > 1e-6, coef[:, 0], 1e-6)
         return coef[:, 1:] / amplitude[:, None]
 
@@ -163,18 +164,17 @@ class IsolationForestBaseline:
     forest: IsolationForest = field(init=False, repr=False)
     calibration: SnrCalibration = field(init=False, repr=False)
 
-    def fit(
-        self, flux: np.ndarray, ivar: np.ndarray, snr: np.ndarray, targetid: np.ndarray, *, val_fraction: float
-    ) -> IsolationForestBaseline:
-        is_val = _split(targetid, val_fraction)
+    def fit(self, spectra: Spectra, *, val_fraction: float) -> IsolationForestBaseline:
+        is_val = _split(spectra.targetid, val_fraction)
         self.forest = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed)
-        self.forest.fit(self.pca.shape_coefficients(flux[~is_val], ivar[~is_val]))
-        self.calibration = fit_snr_calibration(self.raw_score(flux[is_val], ivar[is_val]), snr[is_val])
+        self.forest.fit(self.pca.shape_coefficients(spectra[~is_val]))
+        held_out = spectra[is_val]
+        self.calibration = fit_snr_calibration(self.raw_score(held_out), held_out.snr)
         return self
 
-    def raw_score(self, flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
-        return -self.forest.score_samples(self.pca.shape_coefficients(flux, ivar)).astype(np.float64)
+    def raw_score(self, spectra: Spectra) -> np.ndarray:
+        return -self.forest.score_samples(self.pca.shape_coefficients(spectra)).astype(np.float64)
 
-    def score(self, flux: np.ndarray, ivar: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    def score(self, spectra: Spectra) -> np.ndarray:
         """S/N-standardised isolation score, float64 (N,), higher = more anomalous."""
-        return self.calibration.standardise(self.raw_score(flux, ivar), snr)
+        return self.calibration.standardise(self.raw_score(spectra), spectra.snr)

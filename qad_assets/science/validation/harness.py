@@ -7,7 +7,7 @@ harness runs in tests, in benchmarks and in the pipeline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qad_assets.science.io.parquet_store import read_table
+from qad_assets.science.model.package import ModelPackage
 from qad_assets.science.model.scoring import Scorer, fit_scorer, score_spectra
 from qad_assets.science.model.split import select_rows
-from qad_assets.science.model.training import SpectraArrays, TrainOptions, train_vae
+from qad_assets.science.model.training import TrainOptions, train_vae
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, reconstruct
-from qad_assets.science.spectra.normalization import spectra_to_numpy
-from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid, lya_forest_mask
-from qad_assets.science.spectra.snr import spectrum_snr
+from qad_assets.science.spectra.container import Spectra, list_to_numpy
+from qad_assets.science.spectra.rest_frame import REST_GRID
 from qad_assets.science.validation.baselines import IsolationForestBaseline, PcaBaseline
 from qad_assets.science.validation.evaluation import detection_metrics, metrics_report, spearman, top_jaccard
 from qad_assets.science.validation.injection import injection_set
@@ -31,43 +31,10 @@ from qad_assets.science.validation.report import Gallery
 NORMAL_P_VALUE = 0.05
 
 
-@dataclass(frozen=True)
-class ReleaseSpectra:
-    """Normalized spectra of a release (or a bounded sample of it), row-aligned arrays."""
-
-    targetid: np.ndarray
-    flux: np.ndarray
-    ivar: np.ndarray
-    z: np.ndarray
-    snr: np.ndarray
-
-    def take(self, rows: np.ndarray) -> ReleaseSpectra:
-        return ReleaseSpectra(self.targetid[rows], self.flux[rows], self.ivar[rows], self.z[rows], self.snr[rows])
-
-    @classmethod
-    def from_table(cls, table: pa.Table, grid: RestFrameGrid = REST_GRID) -> ReleaseSpectra:
-        """From ``normalized_spectra`` rows (TARGETID, Z, flux, ivar); S/N measured as scoring measures it."""
-        flux, ivar = spectra_to_numpy(table["flux"]), spectra_to_numpy(table["ivar"])
-        return cls(table["TARGETID"].to_numpy(), flux, ivar, table["Z"].to_numpy(), spectrum_snr(flux, ivar, grid))
-
-
-def load_release_spectra(paths: Sequence[Path], *, max_rows: int, grid: RestFrameGrid = REST_GRID) -> ReleaseSpectra:
-    """The first ``max_rows`` spectra of the partitions (in path order): bounded memory on any release."""
-    tables, rows = [], 0
-    for path in paths:
-        if rows >= max_rows:
-            break
-        table = read_table(path, columns=["TARGETID", "Z", "flux", "ivar"]).slice(0, max_rows - rows)
-        tables.append(table)
-        rows += table.num_rows
-    return ReleaseSpectra.from_table(pa.concat_tables(tables), grid)
-
-
-def fit_baselines(spectra: ReleaseSpectra, val_fraction: float) -> tuple[PcaBaseline, IsolationForestBaseline]:
+def fit_baselines(spectra: Spectra, val_fraction: float) -> tuple[PcaBaseline, IsolationForestBaseline]:
     """PCA reconstruction χ² and an Isolation Forest on PCA coefficients, fitted like the VAE was."""
-    args = (spectra.flux, spectra.ivar, spectra.snr, spectra.targetid)
-    pca = PcaBaseline(REST_GRID).fit(*args, val_fraction=val_fraction)
-    forest = IsolationForestBaseline(pca).fit(*args, val_fraction=val_fraction)
+    pca = PcaBaseline(REST_GRID).fit(spectra, val_fraction=val_fraction)
+    forest = IsolationForestBaseline(pca).fit(spectra, val_fraction=val_fraction)
     return pca, forest
 
 
@@ -75,24 +42,18 @@ def method_scores(
     model: SpectrumVAE,
     scorer: Scorer,
     baselines: tuple[PcaBaseline, IsolationForestBaseline],
-    spectra: ReleaseSpectra,
+    spectra: Spectra,
     *,
-    targetid: np.ndarray | None = None,
+    from_training_release: bool = False,
 ) -> dict[str, np.ndarray]:
     """Every method's anomaly score (higher = more anomalous) for the same spectra."""
     pca, forest = baselines
-    in_training = None if targetid is None else scorer.training_rows(targetid)
-    vae = score_spectra(
-        model, scorer, spectra.flux, spectra.ivar, spectra.z, spectra.snr, REST_GRID, in_training=in_training
-    )
-    return {
-        "vae": vae["anomaly_score"],
-        "pca_chi2": pca.score(spectra.flux, spectra.ivar, spectra.snr),
-        "isolation_forest": forest.score(spectra.flux, spectra.ivar, spectra.snr),
-    }
+    in_training = scorer.training_rows(spectra.targetid) if from_training_release else None
+    vae = score_spectra(model, scorer, spectra, REST_GRID, in_training=in_training)
+    return {"vae": vae["anomaly_score"], "pca_chi2": pca.score(spectra), "isolation_forest": forest.score(spectra)}
 
 
-def normal_hosts(spectra: ReleaseSpectra, p_value: np.ndarray, val_fraction: float) -> np.ndarray:
+def normal_hosts(spectra: Spectra, p_value: np.ndarray, val_fraction: float) -> np.ndarray:
     """Held-out rows (never trained on) judged normal by the detector itself."""
     return select_rows(spectra.targetid, "val", val_fraction) & (p_value >= NORMAL_P_VALUE)
 
@@ -101,7 +62,7 @@ def injection_recovery(
     model: SpectrumVAE,
     scorer: Scorer,
     baselines: tuple[PcaBaseline, IsolationForestBaseline],
-    hosts: ReleaseSpectra,
+    hosts: Spectra,
     *,
     per_class: int,
     seed: int,
@@ -109,26 +70,8 @@ def injection_recovery(
     """Inject every anomaly class into normal hosts, score injected and untouched hosts with every
     method, and return (metrics, the per-spectrum table, |Spearman ρ(score, S/N)| on the hosts).
     """
-    flux, ivar, labels = injection_set(
-        hosts.flux,
-        hosts.ivar,
-        hosts.z,
-        hosts.snr,
-        hosts.targetid,
-        REST_GRID,
-        per_class=per_class,
-        rng=np.random.default_rng(seed),
-    )
-    injected = ReleaseSpectra(
-        targetid=labels["TARGETID"].to_numpy(),
-        flux=flux,
-        ivar=ivar,
-        z=labels["z"].to_numpy(),
-        snr=spectrum_snr(flux, ivar, REST_GRID),
-    )
-    both = ReleaseSpectra(
-        *(np.concatenate([a, b]) for a, b in zip(vars(injected).values(), vars(hosts).values(), strict=True))
-    )
+    injected, labels = injection_set(hosts, REST_GRID, per_class=per_class, rng=np.random.default_rng(seed))
+    both = Spectra.concat([injected, hosts])
     scores = method_scores(model, scorer, baselines, both)
     n_inj, n_host = len(injected.z), len(hosts.z)
     classes = np.concatenate([np.asarray(labels["class"].to_pylist()), np.full(n_host, "")])
@@ -149,7 +92,7 @@ def injection_recovery(
     return metrics, table, rho
 
 
-def truth_metrics(truth: pa.Table, spectra: ReleaseSpectra, scores: dict[str, np.ndarray]) -> dict:
+def truth_metrics(truth: pa.Table, spectra: Spectra, scores: dict[str, np.ndarray]) -> dict:
     """Metrics against a truth table (TARGETID, anomaly_class; null = normal), for the rows it labels."""
     classes_of = dict(zip(truth["TARGETID"].to_pylist(), truth["anomaly_class"].to_pylist(), strict=True))
     classes = np.asarray([classes_of.get(t) or "" for t in spectra.targetid.tolist()])
@@ -166,7 +109,7 @@ def seed_stability(scores_a: np.ndarray, scores_b: np.ndarray, fraction: float =
     return {"top_fraction": fraction, "jaccard": top_jaccard(scores_a, scores_b, fraction), "n_top": n_top}
 
 
-def gallery(model: SpectrumVAE, spectra: ReleaseSpectra, score: np.ndarray, top_region: np.ndarray, k: int) -> Gallery:
+def gallery(model: SpectrumVAE, spectra: Spectra, score: np.ndarray, top_region: np.ndarray, k: int) -> Gallery:
     """The ``k`` highest-scoring spectra with their reconstructions, best first."""
     order = np.argsort(-np.nan_to_num(score, nan=-np.inf))[:k]
     rec = reconstruct(model, spectra.flux[order], spectra.ivar[order])
@@ -221,24 +164,13 @@ def release_scores(files: Sequence[Path], targetid: np.ndarray) -> pa.Table:
     return table.take(pa.array([position[t] for t in targetid.tolist()]))
 
 
-def retrained_scores(spectra: ReleaseSpectra, config: VaeConfig, options: TrainOptions) -> np.ndarray:
+def retrained_scores(spectra: Spectra, config: VaeConfig, options: TrainOptions) -> np.ndarray:
     """Anomaly scores of the same spectra by a model trained with other options (e.g. another seed)."""
-    result = train_vae(
-        SpectraArrays(spectra.targetid, spectra.flux, spectra.ivar), lya_forest_mask(REST_GRID), config, options
-    )
-    scorer = fit_scorer(
-        result.model,
-        spectra.flux,
-        spectra.ivar,
-        spectra.snr,
-        spectra.targetid,
-        val_fraction=options.val_fraction,
-        grid=REST_GRID,
-    )
-    in_training = scorer.training_rows(spectra.targetid)
-    return score_spectra(
-        result.model, scorer, spectra.flux, spectra.ivar, spectra.z, spectra.snr, REST_GRID, in_training=in_training
-    )["anomaly_score"]
+    model = train_vae(spectra, REST_GRID, config, options).model
+    scorer = fit_scorer(model, spectra, val_fraction=options.val_fraction, grid=REST_GRID)
+    return score_spectra(model, scorer, spectra, REST_GRID, in_training=scorer.training_rows(spectra.targetid))[
+        "anomaly_score"
+    ]
 
 
 def add_positions(top: pa.Table, raw_files: Sequence[Path]) -> pa.Table:
@@ -289,26 +221,26 @@ class ReleaseValidation:
 
 
 def validate_release(
-    model: SpectrumVAE,
-    scorer: Scorer,
-    spectra: ReleaseSpectra,
+    package: ModelPackage,
+    spectra: Spectra,
     scores: pa.Table,
     *,
-    val_fraction: float,
     per_class: int,
     gallery_size: int,
     truth: pa.Table | None = None,
-    retrain: tuple[VaeConfig, TrainOptions] | None = None,
+    stability_seed: int | None = None,
     catalogue: pa.Table | None = None,
     raw_files: Sequence[Path] = (),
 ) -> ReleaseValidation:
     """Injection–recovery on held-out normals with the VAE next to both baselines, truth metrics when a
-    truth table is given, ranking stability against a model retrained with ``retrain``, and the cross-match
-    of the top 100 candidates with ``catalogue`` (positions from ``raw_files``). ``scores`` are the
-    release's ``anomaly_scores`` rows aligned with ``spectra``.
+    truth table is given, ranking stability against a model retrained with the package's own recipe and
+    ``stability_seed``, and the cross-match of the top 100 candidates with ``catalogue`` (positions from
+    ``raw_files``). ``spectra`` are the release's (the model's training release), ``scores`` their
+    ``anomaly_scores`` rows, aligned. The held-out split is the one the package was trained with.
     """
+    model, scorer, val_fraction = package.model, package.scorer, package.options.val_fraction
     baselines = fit_baselines(spectra, val_fraction)
-    hosts = spectra.take(normal_hosts(spectra, scores["p_value"].to_numpy(), val_fraction))
+    hosts = spectra[normal_hosts(spectra, scores["p_value"].to_numpy(), val_fraction)]
     injection, injections, rho = injection_recovery(model, scorer, baselines, hosts, per_class=per_class, seed=0)
     metrics: dict = {
         "n_scored": len(spectra.z),
@@ -316,11 +248,12 @@ def validate_release(
         "injection": injection,
         "snr_spearman_normals": rho,
     }
-    all_scores = method_scores(model, scorer, baselines, spectra, targetid=spectra.targetid)
+    all_scores = method_scores(model, scorer, baselines, spectra, from_training_release=True)
     if truth is not None:
         metrics["truth"] = truth_metrics(truth, spectra, all_scores)
-    if retrain is not None:
-        metrics["seed_stability"] = seed_stability(all_scores["vae"], retrained_scores(spectra, *retrain))
+    if stability_seed is not None:
+        retrained = retrained_scores(spectra, package.config, replace(package.options, seed=stability_seed))
+        metrics["seed_stability"] = seed_stability(all_scores["vae"], retrained)
     matched = None
     if catalogue is not None:
         top = scores.sort_by([("rank", "ascending")]).slice(0, 100)
@@ -333,5 +266,5 @@ def validate_release(
         injections=injections,
         crossmatch=matched,
         gallery=gallery(model, spectra, scores["anomaly_score"].to_numpy(), top_region, gallery_size),
-        latent_2d=latent_map(spectra_to_numpy(scores["latent"])),
+        latent_2d=latent_map(list_to_numpy(scores["latent"])),
     )

@@ -34,6 +34,7 @@ import pyarrow as pa
 from scipy.ndimage import gaussian_filter1d
 
 from qad_assets.science.spectra.arms import ARM_EDGES, arm_index
+from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.features import LINES, band_median, pixels
 from qad_assets.science.spectra.normalization import normalize
 from qad_assets.science.spectra.rest_frame import C_KMS, EMISSION_LINES, RestFrameGrid
@@ -72,25 +73,12 @@ def inject(
     grid: RestFrameGrid,
     strength: float | np.ndarray,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Inject anomaly ``kind`` at ``strength`` into every row of ``(flux, ivar)`` (N, P); returns new,
-    re-normalized float32 arrays. ``superposed`` takes its second quasars from the other rows.
-    """
-    new_flux, new_ivar, _ = _inject(kind, flux, ivar, np.asarray(z, np.float64), grid, strength, rng)
-    return new_flux, new_ivar
-
-
-def _inject(
-    kind: str,
-    flux: np.ndarray,
-    ivar: np.ndarray,
-    z: np.ndarray,
-    grid: RestFrameGrid,
-    strength: float | np.ndarray,
-    rng: np.random.Generator,
     donors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`inject` plus the redshift each spectrum now claims (z_cat for ``wrong_redshift``)."""
+    """Inject anomaly ``kind`` at ``strength`` into every row of ``(flux, ivar)`` (N, P): new, re-normalized
+    float32 arrays and the redshift each spectrum now claims (z_cat for ``wrong_redshift``).
+    ``superposed`` takes its second quasars from ``donors`` (default: the other rows).
+    """
     flux, ivar = np.asarray(flux, np.float64), np.asarray(ivar, np.float64)
     s = np.broadcast_to(np.asarray(strength, np.float64), z.shape)
     z_used = z
@@ -272,45 +260,40 @@ INJECTION_SCHEMA = pa.schema(
 
 
 def injection_set(
-    flux: np.ndarray,
-    ivar: np.ndarray,
-    z: np.ndarray,
-    snr: np.ndarray,
-    targetid: np.ndarray,
+    hosts: Spectra,
     grid: RestFrameGrid,
     *,
     classes: tuple[str, ...] = INJECTION_CLASSES,
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS,
     per_class: int = 60,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+) -> tuple[Spectra, pa.Table]:
     """``per_class`` injected spectra of every class, strengths in turn, on random eligible hosts.
 
-    The hosts (rows of the inputs) should be held-out normal quasars; the same host may serve several
-    classes, never twice in one class. ``superposed`` draws its second quasar from all the hosts.
-    Labels: host TARGETID, class, strength, host S/N (``snr`` as given), ``z`` the redshift the injected
-    spectrum claims (z_cat for ``wrong_redshift``), ``z_host`` the host's.
+    The hosts should be held-out normal quasars; the same host may serve several classes, never twice
+    in one class. ``superposed`` draws its second quasar from all the hosts. Returns the injected
+    spectra (TARGETID of the host, ``z`` the redshift the spectrum claims: z_cat for ``wrong_redshift``)
+    and their labels: host TARGETID, class, strength, host S/N, ``z``, ``z_host``.
     """
-    z = np.asarray(z, np.float64)
-    out_flux, out_ivar, labels = [], [], []
+    flux, ivar, z = hosts.flux, hosts.ivar, np.asarray(hosts.z, np.float64)
+    parts, labels = [], []
     for kind in classes:
         candidates = np.flatnonzero(eligible_hosts(kind, ivar, grid))
-        hosts = rng.choice(candidates, min(per_class, candidates.size), replace=False)
-        s = np.resize(np.asarray(strengths, np.float64), hosts.size)
-        f, v, z_used = _inject(kind, flux[hosts], ivar[hosts], z[hosts], grid, s, rng, donors=(flux, ivar, z))
-        out_flux.append(f)
-        out_ivar.append(v)
+        rows = rng.choice(candidates, min(per_class, candidates.size), replace=False)
+        s = np.resize(np.asarray(strengths, np.float64), rows.size)
+        f, v, z_used = inject(kind, flux[rows], ivar[rows], z[rows], grid, s, rng, donors=(flux, ivar, z))
+        parts.append(Spectra(hosts.wave, f, v, hosts.targetid[rows], z_used))
         labels.append(
             pa.table(
                 {
-                    "TARGETID": np.asarray(targetid)[hosts],
-                    "class": [kind] * hosts.size,
+                    "TARGETID": hosts.targetid[rows],
+                    "class": [kind] * rows.size,
                     "strength": s,
-                    "snr": np.asarray(snr, np.float64)[hosts],
+                    "snr": hosts.snr[rows],
                     "z": z_used,
-                    "z_host": z[hosts],
+                    "z_host": z[rows],
                 },
                 schema=INJECTION_SCHEMA,
             )
         )
-    return np.concatenate(out_flux), np.concatenate(out_ivar), pa.concat_tables(labels)
+    return Spectra.concat(parts), pa.concat_tables(labels)
