@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # The CPU build of torch; a CUDA node installs its own build before `make setup`.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench ui clean
+.PHONY: setup demo test test-fast lint bench ui clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup lint
 	$(BIN)/python -m pytest
+
+# The inner loop: the unit tests, without the pipeline runs, services, browser and deployment checks.
+test-fast: setup lint
+	$(BIN)/python -m pytest -m "not slow and not postgres and not browser and not deployment"
 
 lint: setup
 	$(BIN)/ruff check .

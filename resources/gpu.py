@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import dagster as dg
-import torch
 
 from qad_assets.science.device import DeviceChoice
 
@@ -23,15 +22,3 @@ class GpuResource(dg.ConfigurableResource):
 
     def choice(self) -> DeviceChoice:
         return DeviceChoice(self.device, self.precision, self.memory_fraction)
-
-    def torch_device(self) -> torch.device:
-        return self.choice().torch_device()
-
-    def autocast_dtype(self) -> torch.dtype | None:
-        return self.choice().autocast_dtype()
-
-    def dataframe_backend(self) -> str:
-        return self.choice().dataframe_backend()
-
-    def describe(self) -> dict[str, str]:
-        return self.choice().describe()

@@ -7,16 +7,16 @@ import pyarrow as pa
 import pytest
 
 from qad_assets.definitions import defs
-from qad_assets.demo.release import write_demo_release
+from qad_assets.demo.release import DemoRelease
 from qad_assets.science.io.parquet_store import read_table, write_table_atomic
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    archive = tmp_path / "archive"
-    write_demo_release(archive, n_pixels=1, targets_per_pixel=60, seed=5)
+def release(small_demo: DemoRelease, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("QAD_STORAGE", str(tmp_path / "storage"))
-    monkeypatch.setenv("QAD_ARCHIVE", str(archive))
+    monkeypatch.setenv("QAD_ARCHIVE", str(small_demo.root))
     return "demo_main_dark_26064"
 
 

@@ -15,6 +15,8 @@ from qad_assets.science.model.package import current_package, read_registration
 from qad_assets.science.spectra import ledger
 from qad_assets.science.spectra.normalization import NORMALIZED_SCHEMA
 
+pytestmark = pytest.mark.slow
+
 
 def qad(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "QAD_RAY_NUM_CPUS": "2"}

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from qad_assets.definitions import defs
 
@@ -69,6 +70,7 @@ def test_jobs_schedules_sensors_and_resources() -> None:
     assert defs.resolve_assets_def("vae_model").op.pool == "gpu"
 
 
+@pytest.mark.slow
 def test_dagster_validates_the_workspace() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],

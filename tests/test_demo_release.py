@@ -37,10 +37,8 @@ LINES = {"CIV": 1549.06, "CIII]": 1908.73, "MgII": 2798.75}
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRelease:
-    return write_demo_release(
-        tmp_path_factory.mktemp("demo"), release="test", n_pixels=2, targets_per_pixel=200, seed=3
-    )
+def demo(medium_demo: DemoRelease) -> DemoRelease:
+    return medium_demo
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +59,14 @@ def _merged(hdul: fits.HDUList) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 # ---- layout and format ---------------------------------------------------------------------------
 def test_layout(demo: DemoRelease) -> None:
     expected = []
-    for i, program in enumerate(["dark", "bright"]):
+    for i, program in enumerate(["dark", "dark", "bright"]):
         hpix = geometry.FIRST_PIXEL + i
-        folder = demo.root / "spectro/redux/test/healpix/main" / program / str(hpix // 100) / str(hpix)
+        folder = demo.root / "spectro/redux/demo/healpix/main" / program / str(hpix // 100) / str(hpix)
         expected.append((folder / f"coadd-main-{program}-{hpix}.fits", folder / f"redrock-main-{program}-{hpix}.fits"))
-    assert demo.release == "test"
+    assert demo.release == "demo"
     assert list(zip(demo.coadd_paths, demo.redrock_paths, strict=True)) == expected
     assert all(p.is_file() for pair in expected for p in pair)
-    assert demo.truth_path == demo.root / "truth-test.parquet"
+    assert demo.truth_path == demo.root / "truth-demo.parquet"
     assert not list(demo.root.rglob("*.tmp"))
 
 
@@ -86,7 +84,7 @@ def test_coadd_format(demo: DemoRelease) -> None:
             )
             assert hdr["HPXNEST"] is True and hdr["SURVEY"] == "main" and hdr["PROGRAM"] == path.parts[-4]
             deps = {hdr[f"DEPNAM{i:02d}"]: hdr[f"DEPVER{i:02d}"] for i in range(2)}
-            assert deps["SPECPROD"] == "test"
+            assert deps["SPECPROD"] == "demo"
             assert "CHECKSUM" not in hdr and "DATE" not in hdr
             n = hdul["FIBERMAP"].header["NAXIS2"]
             for arm, (lo, hi, nwave) in ARM_GRIDS.items():
@@ -268,7 +266,7 @@ def test_project_reader_agrees_with_truth(demo: DemoRelease, truth) -> None:
 
     assert set(truth.expected_reason) - {""} <= ledger.FILTER_CODES | ledger.QUARANTINE_CODES
     for coadd, redrock in zip(demo.coadd_paths, demo.redrock_paths, strict=True):
-        result = read_spectra_file(coadd, redrock, release="test", archive_root=str(demo.root))
+        result = read_spectra_file(coadd, redrock, release="demo", archive_root=str(demo.root))
         book = result.ledger.to_pandas()
         rows = truth[truth.file == coadd.relative_to(demo.root).as_posix()]
         assert book.file.tolist() == rows.file.tolist()
@@ -280,7 +278,7 @@ def test_project_reader_agrees_with_truth(demo: DemoRelease, truth) -> None:
 
 def test_anomalies_as_configured(demo: DemoRelease, truth) -> None:
     anomalous = truth[truth.anomaly_class.notna()]
-    assert len(anomalous) == 2 * round(0.05 * 200)
+    assert len(anomalous) == 3 * round(0.05 * 300)
     assert set(anomalous.anomaly_class) == set(plan.ANOMALY_CLASSES)
     assert (anomalous.expected_status == "kept").all()
     assert anomalous.anomaly_strength.between(0.1, 1.0).all() and anomalous.anomaly_detail.str.len().gt(0).all()

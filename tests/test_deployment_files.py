@@ -21,6 +21,8 @@ import yaml
 
 from qad_assets.cli import build_parser
 
+pytestmark = pytest.mark.deployment
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 K8S = DOCKER / "k8s"

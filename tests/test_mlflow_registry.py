@@ -8,9 +8,9 @@ import torch
 
 from qad_assets.errors import GridMismatchError
 from qad_assets.science.model.package import load_model, save_model
+from qad_assets.science.model.registry import CHALLENGER, CHAMPION, ModelRegistry
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, reconstruct
 from qad_assets.science.spectra.rest_frame import REST_GRID, lya_forest_mask
-from resources.mlflow import CHALLENGER, CHAMPION, MlflowResource
 
 
 def small_model(seed: int) -> SpectrumVAE:
@@ -19,9 +19,9 @@ def small_model(seed: int) -> SpectrumVAE:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[MlflowResource, list[Path]]:
+def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRegistry, list[Path]]:
     root = tmp_path_factory.mktemp("storage")
-    mlflow = MlflowResource(storage_root=str(root))
+    mlflow = ModelRegistry(str(root))
     dirs = []
     for seed in (0, 1):
         model_dir = save_model(small_model(seed), VaeConfig(hidden=(32,), latent_dim=4), REST_GRID, root / f"m{seed}")

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from qad_assets.demo.release import write_demo_release
+from qad_assets.demo.release import DemoRelease
 from qad_assets.errors import SpectrumError
 from qad_assets.science.io.spectra_file import read_spectra_file
 from qad_assets.science.spectra.arms import BRZ_WAVE
@@ -14,8 +14,8 @@ from qad_assets.science.spectra.observed import normalize_observed, observed_spe
 
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
-    demo = write_demo_release(tmp_path_factory.mktemp("demo"), n_pixels=1, targets_per_pixel=60, seed=5)
+def raw(small_demo: DemoRelease) -> pa.Table:
+    demo = small_demo
     return read_spectra_file(demo.coadd_paths[0], demo.redrock_paths[0], release="demo").spectra
 
 

@@ -15,6 +15,10 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.deployment
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "qad_assets/cli/dagster.yaml"
 #: What a wheel is built from; nothing else of the repository may be needed at run time.

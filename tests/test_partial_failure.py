@@ -9,6 +9,8 @@ from qad_assets.definitions import defs
 from qad_assets.demo.release import write_demo_release
 from qad_assets.partitions import range_tags
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -23,11 +23,14 @@ import dagster as dg
 import psycopg2
 import pytest
 import yaml
+from conftest import skip_or_fail
 
 from qad_assets.definitions import defs
 from qad_assets.demo.release import write_demo_release
 from qad_assets.partitions import archive_partition_keys, spectra_partitions
 from resources import resources_from_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION_INSTANCE = ROOT / "docker" / "dagster.yaml"
@@ -60,13 +63,6 @@ def server_settings() -> dict[str, str]:
         "password": env("QAD_TEST_PG_PASSWORD", "dagster"),
         "dbname": env("QAD_TEST_PG_DB", "dagster_test"),
     }
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip on a developer's machine; under CI a missing prerequisite is a failure, not a silent skip."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
 
 
 def connect(server: dict[str, str]):

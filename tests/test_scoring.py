@@ -19,7 +19,7 @@ import pytest
 from scipy.stats import kstest
 
 from qad_assets.demo import read_demo_spectra
-from qad_assets.demo.release import write_demo_release
+from qad_assets.demo.release import DemoRelease
 from qad_assets.science.model.scoring import Scorer, fit_scorer, score_spectra
 from qad_assets.science.model.split import select_rows
 from qad_assets.science.model.training import TrainOptions, train_vae
@@ -58,10 +58,9 @@ class Fitted:
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Spectra:
+def release(medium_demo: DemoRelease) -> Spectra:
     """The demo's kept quasars; column ``normal``: no anomaly injected by the demo generator."""
-    demo = write_demo_release(tmp_path_factory.mktemp("scoring_demo"), n_pixels=3, targets_per_pixel=300, seed=3)
-    spectra, classes = read_demo_spectra(demo)
+    spectra, classes = read_demo_spectra(medium_demo)
     return spectra.with_columns(normal=classes == "")
 
 

@@ -18,15 +18,17 @@ import ray
 import requests
 
 from qad_assets.definitions import defs
-from qad_assets.demo.release import write_demo_release
+from qad_assets.demo.release import DemoRelease
 from qad_assets.partitions import archive_partition_keys, range_tags
 from qad_assets.science.io.parquet_store import read_table
 from qad_assets.science.model.package import ModelPackage
+from qad_assets.science.model.registry import CHALLENGER, CHAMPION, ModelRegistry
 from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.rest_frame import REST_GRID
 from qad_assets.service.app import ServiceSettings, start, stop
 from qad_assets.service.client import score_request
-from resources.mlflow import CHALLENGER, CHAMPION, MlflowResource
+
+pytestmark = pytest.mark.slow
 
 MAX_SPECTRA = 64
 MAX_BODY = 32 * 2**20
@@ -38,7 +40,7 @@ class Pipeline:
     storage: Path
     keys: list[str]
     files: dict[str, tuple[Path, Path]]  # partition key → (coadd, redrock)
-    mlflow: MlflowResource
+    mlflow: ModelRegistry
 
     def raw(self, i: int = 0) -> pa.Table:
         return read_table(self.storage / "raw_spectra" / "demo" / f"{self.keys[i]}.parquet")
@@ -51,17 +53,17 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory):
+def pipeline(tmp_path_factory: pytest.TempPathFactory, medium_demo: DemoRelease):
     root = tmp_path_factory.mktemp("service")
-    demo = write_demo_release(root / "archive", n_pixels=3, targets_per_pixel=300, seed=3)
+    demo = medium_demo
     storage = root / "storage"
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
         env.setenv("QAD_STORAGE", str(storage))
-        env.setenv("QAD_ARCHIVE", str(root / "archive"))
-        keys = archive_partition_keys(str(root / "archive"), "demo", "demo")
+        env.setenv("QAD_ARCHIVE", str(demo.root))
+        keys = archive_partition_keys(str(demo.root), "demo", "demo")
         instance.add_dynamic_partitions("spectra_partitions", keys)
         instance.add_dynamic_partitions("releases", ["demo"])
 
@@ -77,7 +79,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
         run("qad_train", partition_key="demo")
         run("qad_score", tags=range_tags(keys[0], keys[-1]))
         run("qad_train", partition_key="demo", run_config={"ops": {"vae_model": {"config": {"seed": 1}}}})
-    mlflow = MlflowResource(storage_root=str(storage))
+    mlflow = ModelRegistry(str(storage))
     mlflow.set_alias(CHAMPION, "1")
     mlflow.set_alias(CHALLENGER, "2")
     files = {

@@ -31,11 +31,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from conftest import skip_or_fail
 
 from qad_assets.cli import RunSettings, prepare_instance_home
 from qad_assets.definitions import defs
 from qad_assets.demo.release import write_demo_release
 from qad_assets.partitions import archive_partition_keys, spectra_partitions
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -57,13 +60,6 @@ UI_TIMEOUT_MS = 60_000
 #: Marks every process the server starts (run workers too), to find any that outlive its process group.
 MARKER = "QAD_UI_TEST_SERVER"
 RUN_URL = re.compile(r"/runs/([0-9a-f-]{36})")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip on a developer's machine; under CI a missing prerequisite is a failure, not a silent skip."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -52,9 +52,7 @@ HALF_COVERAGE_RATIO = 1.2
 RAY_CHI2_TOLERANCE = 0.15
 
 
-def synthetic_quasars(
-    n: int, seed: int, kind: str = "normal", z_range: tuple[float, float] = (0.3, 3.5)
-) -> Spectra:
+def synthetic_quasars(n: int, seed: int, kind: str = "normal", z_range: tuple[float, float] = (0.3, 3.5)) -> Spectra:
     """``n`` noisy normalized spectra; ``kind`` "bal" adds a CIV absorption trough, "shifted" moves lines."""
     rng = np.random.default_rng(seed)
     lnw = np.log(REST_WAVE)
@@ -211,6 +209,7 @@ def test_save_load_round_trip_and_grid_check(trained, tmp_path):
         load_model(saved, grid=REST_WAVE * 1.0001)
 
 
+@pytest.mark.slow
 def test_ray_train_two_workers_matches_single_process(partitions, tmp_path, monkeypatch):
     """Same data, options and global batch; fewer epochs than ``trained``, to keep Ray's start-up affordable."""
     ray = pytest.importorskip("ray")

@@ -43,9 +43,10 @@ def resolve_model(
         package = current_package(release_dir)
         return package, read_registration(package)["version"], True
     own = read_registration(current_package(release_dir))["version"] if (release_dir / "current").exists() else None
-    version = mlflow.version_for(reference)
+    registry = mlflow.registry()
+    version = registry.version_for(reference)
     download = storage.asset_dir("anomaly_scores", release) / f".download-v{version}"
-    return mlflow.download_model_dir(version, download), version, version == own
+    return registry.download_model_dir(version, download), version, version == own
 
 
 @dg.asset(
@@ -71,7 +72,8 @@ def anomaly_scores(
     """Reduced χ², ELBO terms, latent density, one S/N-calibrated ``anomaly_score`` with its p-value, the
     region and arm that explain it, the model version, and the rank within the release.
     """
-    device = str(gpu.torch_device())
+    device_choice = gpu.choice()
+    device = str(device_choice.torch_device())
     releases = sorted({release_of(key) for key in context.partition_keys})
     models = {release: resolve_model(config.model, release, storage, mlflow) for release in releases}
 
@@ -108,7 +110,7 @@ def anomaly_scores(
             **stage_metadata(summaries),
             "model_versions": dg.MetadataValue.json({r: m[1] for r, m in models.items()}),
             "ranked_spectra_per_release": dg.MetadataValue.json(ranked),
-            **gpu.describe(),
+            **device_choice.describe(),
         },
         check_results=[
             check_result(

@@ -53,7 +53,8 @@ def normalized_spectra(
 
     The Lyα forest (rest < 1216 Å) is kept; its pixels are told apart by the grid's region codes.
     """
-    device = str(gpu.torch_device())
+    device_choice = gpu.choice()
+    device = str(device_choice.torch_device())
 
     def step_for(key: str):
         return partial(
@@ -69,7 +70,7 @@ def normalized_spectra(
             **stage_metadata(summaries),
             "dagster/column_schema": arrow_table_schema(NORMALIZED_SCHEMA),
             "rest_frame_grid": dg.MetadataValue.json(REST_GRID.to_dict()),
-            **gpu.describe(),
+            **device_choice.describe(),
         },
         check_results=normalized_checks(storage, summaries),
     )

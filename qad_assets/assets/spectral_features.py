@@ -34,7 +34,7 @@ def spectral_features(
 
     Built with polars; with a GPU and cuDF installed, the frame is a cuDF frame (same numbers).
     """
-    backend = gpu.dataframe_backend()
+    backend = gpu.choice().dataframe_backend()
 
     def step_for(key: str):
         return partial(

@@ -93,7 +93,8 @@ def vae_model(
     paths = sorted(storage.asset_dir("normalized_spectra", release).glob("*.parquet"))
     if not paths:
         raise dg.Failure(f"no normalized_spectra partitions of release {release} under {storage.root}")
-    device = gpu.torch_device()
+    device_choice, registry = gpu.choice(), mlflow.registry()
+    device = device_choice.torch_device()
     release_dir = storage.asset_dir("vae_model", release)
     result = train(config, paths, device, release_dir / "ray")
     options = config.train_options()
@@ -102,7 +103,7 @@ def vae_model(
     staged = stage_package(release_dir, ModelPackage(result.model, result.config, options, scorer))
     tags = {"release": release, "dagster_run_id": context.run.run_id, "code_version": "1", "device": str(device)}
     params = {**result.config.to_dict(), **vars(options), "partitions": len(paths)}
-    run_id, version = mlflow.log_model_version(
+    run_id, version = registry.log_model_version(
         staged, npix=REST_GRID.npix, params=params, history=result.history, tags=tags
     )
     history = result.history
@@ -123,14 +124,14 @@ def vae_model(
         ),
     ]
     if all(c.passed for c in checks):
-        mlflow.set_alias(CHALLENGER, version)
+        registry.set_alias(CHALLENGER, version)
     publish_package(release_dir, staged, version=version, run_id=run_id)
     return dg.MaterializeResult(
         metadata={
-            "model_uri": f"models:/{mlflow.registered_model}/{version}",
+            "model_uri": f"models:/{registry.registered_model}/{version}",
             "model_version": version,
             "mlflow_run_id": run_id,
-            "mlflow_tracking_uri": mlflow.uri(),
+            "mlflow_tracking_uri": registry.uri(),
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
             "val_reduced_chi2": result.best_val_reduced_chi2,
@@ -138,7 +139,7 @@ def vae_model(
             "val_loss": dg.MetadataValue.json(history["val_loss"]),
             "throughput_spectra_per_s": round(result.throughput, 1),
             "partitions": len(paths),
-            **gpu.describe(),
+            **device_choice.describe(),
         },
         check_results=checks,
     )

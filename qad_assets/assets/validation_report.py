@@ -105,7 +105,7 @@ def validation_report(
     )
     promoted = all(ok for ok, _ in checks.values())
     if promoted:
-        mlflow.set_alias(CHAMPION, version)
+        mlflow.registry().set_alias(CHAMPION, version)
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.path(str(files.html)),
