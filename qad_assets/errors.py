@@ -45,5 +45,9 @@ class GridMismatchError(QadError):
     """A model (or scorer) was fitted on another rest-frame grid than the data it is asked to score."""
 
 
+class ModelPackageError(QadError):
+    """No usable model package: none published yet, or its parts do not belong together."""
+
+
 class TooFewSpectraError(QadError):
     """Too few spectra to fit or calibrate something; the message says how many were there and needed."""

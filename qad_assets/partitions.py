@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from qad_assets.errors import UserError
 from qad_assets.science.io.archive import find_healpix_coadds
 
 spectra_partitions = dg.DynamicPartitionsDefinition(name="spectra_partitions")
@@ -32,7 +33,7 @@ class SpectraPartition:
     def from_key(cls, key: str) -> SpectraPartition:
         match = _KEY.match(key)
         if match is None:
-            raise ValueError(f"not a spectra partition key: {key!r} (want <release>_<survey>_<program>_<healpix>)")
+            raise UserError(f"not a spectra partition key: {key!r} (want <release>_<survey>_<program>_<healpix>)")
         return cls(match["release"], match["survey"], match["program"], int(match["healpix"]))
 
 

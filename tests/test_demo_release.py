@@ -12,6 +12,7 @@ from astropy.io import fits
 
 from qad_assets.demo import geometry, instrument, plan, release, sources
 from qad_assets.demo.release import DemoRelease, write_demo_release
+from qad_assets.errors import UserError
 from qad_assets.science.io.parquet_store import read_table
 from qad_assets.science.io.spectra_file import read_spectra_file
 from qad_assets.science.spectra.arms import BRZ_WAVE
@@ -203,11 +204,11 @@ def test_cli(tmp_path: Path) -> None:
 
 
 def test_rejects_bad_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="release"):
+    with pytest.raises(UserError, match="release"):
         write_demo_release(tmp_path, release="Bad-Name")
-    with pytest.raises(ValueError, match="too small"):
+    with pytest.raises(UserError, match="too small"):
         write_demo_release(tmp_path, n_pixels=1, targets_per_pixel=12)
-    with pytest.raises(ValueError, match="targets_per_pixel"):
+    with pytest.raises(UserError, match="targets_per_pixel"):
         write_demo_release(tmp_path, targets_per_pixel=6000)
 
 

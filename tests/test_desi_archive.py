@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from qad_assets.errors import UserError
 from qad_assets.partitions import SpectraPartition
 from qad_assets.science.io.archive import find_healpix_coadds, healpix_coadd, list_specprods
 
@@ -45,5 +46,5 @@ def test_partition_keys_round_trip_and_reject_bad_keys() -> None:
     assert part.key == "iron_main_dark_27247"
     assert SpectraPartition.from_key(part.key) == part
     for bad in ["iron_main_dark", "Iron_main_dark_1", "iron_main_dark_x", "iron-main-dark-1"]:
-        with pytest.raises(ValueError, match="not a spectra partition key"):
+        with pytest.raises(UserError, match="not a spectra partition key"):
             SpectraPartition.from_key(bad)

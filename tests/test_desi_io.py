@@ -18,7 +18,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from qad_assets.errors import DesiFormatError
+from qad_assets.errors import DesiFormatError, UserError
 from qad_assets.science.io.coadd import FIBERMAP_COLUMNS, read_coadd
 from qad_assets.science.io.redshifts import read_qso_catalog, read_redshifts
 from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA, ReadResult, read_spectra_file
@@ -297,7 +297,7 @@ def test_catalogue_z_can_be_ignored_and_lookup_respects_survey(tmp_path: Path) -
     quasars = fibermap_targetids(HPX)
     assert (catalog.lookup(quasars, "sv3") >= 0).all()
     assert (catalog.lookup(quasars, "sv1") == -1).all()  # they are sv3 rows of the catalogue
-    with pytest.raises(ValueError, match="no redshift source"):
+    with pytest.raises(UserError, match="no redshift source"):
         read_spectra_file(str(TILE), None, release="fuji")
 
 

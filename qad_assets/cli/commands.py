@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from qad_assets.cli.pipeline import RunSettings, find_partitions, materialize, prepare_instance_home, storage_root
 from qad_assets.cli.render import check_rows, failure_message, print_checks, print_summary, stage_rows
 from qad_assets.config import Settings
@@ -100,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             ray_address=Settings.from_env().ray_address,
             blocking=True,
         )
-    except ValueError as err:  # settings out of range, or options that do not go together
+    except ValidationError as err:  # settings out of range
         raise UserError(str(err)) from err
     except KeyboardInterrupt:
         stop()  # on a cluster the application would otherwise outlive this command

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qad_assets.demo.geometry import FIRST_PIXEL
+from qad_assets.errors import UserError
 
 # ---- release composition -------------------------------------------------------------------------
 ANOMALY_CLASSES = (
@@ -88,7 +89,7 @@ def plan_release(n_pixels: int, n_rows: int, anomaly_fraction: float, seed: int)
         pixel_broken = [code for unit in units[i::n_pixels] for code in unit]
         n_qso = n_rows - sum(fixed.values()) - n_anom - len(pixel_broken)
         if n_qso < 5:
-            raise ValueError(f"targets_per_pixel={n_rows} is too small for the release composition")
+            raise UserError(f"targets_per_pixel={n_rows} is too small for the release composition")
         classes = np.array(ANOMALY_CLASSES)[cls_of[i * n_anom : (i + 1) * n_anom]]
         roles = np.concatenate(
             [

@@ -13,6 +13,7 @@ import pyarrow as pa
 from qad_assets.demo.fits_writer import SURVEY, coadd_hdus, redrock_hdus, truth_table, write_fits
 from qad_assets.demo.pixel import simulate_pixel
 from qad_assets.demo.plan import plan_release
+from qad_assets.errors import UserError
 from qad_assets.science.io.parquet_store import write_table_atomic
 
 
@@ -43,13 +44,13 @@ def write_demo_release(
     or more. The output depends only on the arguments: the same arguments give the same bytes.
     """
     if not re.fullmatch(r"[a-z0-9]+", release):
-        raise ValueError(f"release must match [a-z0-9]+, got {release!r}")
+        raise UserError(f"release must match [a-z0-9]+, got {release!r}")
     if not 1 <= n_pixels <= 800:
-        raise ValueError("n_pixels must be in 1..800")
+        raise UserError("n_pixels must be in 1..800")
     if targets_per_pixel > 5000:
-        raise ValueError("targets_per_pixel must be at most 5000 (BRICK_OBJID and fibre ranges)")
+        raise UserError("targets_per_pixel must be at most 5000 (BRICK_OBJID and fibre ranges)")
     if not 0.0 <= anomaly_fraction <= 0.5:
-        raise ValueError("anomaly_fraction must be in [0, 0.5]")
+        raise UserError("anomaly_fraction must be in [0, 0.5]")
     root = Path(root).resolve()
     plans = plan_release(n_pixels, targets_per_pixel, anomaly_fraction, seed)
     coadds, redrocks, truth = [], [], []

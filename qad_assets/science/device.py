@@ -12,6 +12,8 @@ from typing import Literal
 
 import torch
 
+from qad_assets.errors import UserError
+
 
 @dataclass(frozen=True)
 class DeviceChoice:
@@ -29,7 +31,7 @@ class DeviceChoice:
     def torch_device(self) -> torch.device:
         if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()):
             if not torch.cuda.is_available():
-                raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+                raise UserError("device 'cuda' was asked for but torch sees no CUDA device")
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.cuda.set_per_process_memory_fraction(self.memory_fraction)
             return torch.device("cuda")

@@ -26,6 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from qad_assets.errors import UserError
 from qad_assets.science.device import DeviceChoice
 from qad_assets.science.io.redshifts import read_qso_catalog
 from qad_assets.science.model.registry import CHALLENGER, CHAMPION
@@ -341,7 +342,7 @@ def start(
     returns its base URL. ``blocking`` serves until interrupted.
     """
     if replicas > 1 and settings.poll_seconds <= 0:
-        raise ValueError("POST /reload reaches one replica: with several, poll the registry (poll_seconds > 0)")
+        raise UserError("POST /reload reaches one replica: with several, poll the registry (poll_seconds > 0)")
     if not ray.is_initialized():
         ray.init(address=ray_address, include_dashboard=False, configure_logging=False)
     serve.start(http_options={"host": host, "port": port})

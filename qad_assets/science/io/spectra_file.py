@@ -15,7 +15,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from qad_assets.errors import DesiFormatError
+from qad_assets.errors import DesiFormatError, UserError
 from qad_assets.science.io.coadd import CoaddArms, read_coadd
 from qad_assets.science.io.fits_file import open_fits, required_column
 from qad_assets.science.io.redshifts import QsoCatalog, cached_qso_catalog, read_redshifts
@@ -98,7 +98,7 @@ def read_spectra_file(
     relative to ``archive_root`` when it lies under it.
     """
     if redrock is None and (qso_catalog is None or not catalog_z):
-        raise ValueError("no redshift source: give a redrock file, or a QSO catalogue with catalog_z=True")
+        raise UserError("no redshift source: give a redrock file, or a QSO catalogue with catalog_z=True")
     catalog = (
         cached_qso_catalog(os.fspath(qso_catalog), fs) if isinstance(qso_catalog, str | os.PathLike) else qso_catalog
     )

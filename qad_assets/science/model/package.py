@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from qad_assets.errors import GridMismatchError, QadError
+from qad_assets.errors import GridMismatchError, ModelPackageError
 from qad_assets.science.io.atomic_files import write_atomic, write_bytes_atomic
 from qad_assets.science.model.scoring import Scorer, score_spectra
 from qad_assets.science.model.training import TrainOptions
@@ -62,10 +62,6 @@ SCORE_COLUMNS = (
     "top_region_share",
     "worst_arm",
 )
-
-
-class ModelPackageError(QadError):
-    """No usable package: none published yet, or its files do not belong together."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qad_assets.errors import GridMismatchError, TooFewSpectraError
+from qad_assets.errors import GridMismatchError, ModelPackageError, TooFewSpectraError
 from qad_assets.science.io.atomic_files import write_bytes_atomic
 from qad_assets.science.model.calibration import MIN_CALIBRATION_ROWS, SnrCalibration, fit_snr_calibration
 from qad_assets.science.model.explanation import explain
@@ -106,7 +106,7 @@ class Scorer:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Scorer:
         if d.get("version") != _SCORER_VERSION:
-            raise ValueError(f"scorer format version {d.get('version')!r}, expected {_SCORER_VERSION}")
+            raise ModelPackageError(f"scorer format version {d.get('version')!r}, expected {_SCORER_VERSION}")
         return cls(
             grid_sha256=str(d["grid_sha256"]),
             val_fraction=float(d["val_fraction"]),
@@ -277,7 +277,7 @@ def score_spectra(
     if grid_fingerprint(grid) != scorer.grid_sha256:
         raise GridMismatchError("the scorer was fitted on another rest-frame grid than the data's")
     if len(spectra) == 0:
-        raise ValueError("no spectra to score")
+        raise TooFewSpectraError("no spectra to score")
     in_training = np.zeros(len(spectra), bool) if in_training is None else np.asarray(in_training, bool)
     parts = [
         _score_batch(model, scorer, spectra[s], in_training[s], grid, device)

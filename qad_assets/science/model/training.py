@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from qad_assets.errors import GridMismatchError
 from qad_assets.science.io.parquet_store import iter_tables
 from qad_assets.science.model.split import Split, select_rows
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, negative_elbo
@@ -155,7 +156,7 @@ def _read_parquet(path: Path, wave: np.ndarray, read_rows: int) -> Iterator[Spec
 
 def _check_npix(found: int, npix: int, where: str) -> None:
     if found != npix:
-        raise ValueError(f"{where}: spectra have {found} pixels, the model grid has {npix}")
+        raise GridMismatchError(f"{where}: spectra have {found} pixels, the model grid has {npix}")
 
 
 def _shuffled_batches(

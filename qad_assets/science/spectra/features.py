@@ -22,6 +22,7 @@ import polars as pl
 import pyarrow as pa
 from astropy.io import fits
 
+from qad_assets.errors import GridMismatchError
 from qad_assets.science.spectra.container import list_to_numpy
 from qad_assets.science.spectra.normalization import masked_median
 from qad_assets.science.spectra.rest_frame import C_KMS, EMISSION_LINES, REST_GRID, RestFrameGrid
@@ -98,7 +99,7 @@ def spectral_features(
     table = normalized if isinstance(normalized, pa.Table) else normalized.to_arrow()
     flux, ivar = list_to_numpy(table["flux"]), list_to_numpy(table["ivar"])
     if flux.shape[1] != grid.npix:
-        raise ValueError(f"spectra have {flux.shape[1]} pixels, the grid {grid.npix}")
+        raise GridMismatchError(f"spectra have {flux.shape[1]} pixels, the grid {grid.npix}")
     columns: dict[str, Any] = {name: table[name] for name in ("TARGETID", "Z", "snr_b", "snr_r", "snr_z")}
     features = pa.table(columns | feature_arrays(flux, ivar, grid))
     if backend == "cudf":

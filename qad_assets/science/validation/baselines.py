@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
+from qad_assets.errors import TooFewSpectraError
 from qad_assets.science.model.calibration import MIN_CALIBRATION_ROWS, SnrCalibration, fit_snr_calibration
 from qad_assets.science.model.split import select_rows
 from qad_assets.science.model.vae import VaeConfig
@@ -47,7 +48,7 @@ def pixel_weights(ivar: np.ndarray, grid: RestFrameGrid, config: VaeConfig | Non
 def _split(targetid: np.ndarray, val_fraction: float) -> np.ndarray:
     is_val = select_rows(np.asarray(targetid, np.int64), "val", val_fraction)
     if is_val.sum() < MIN_CALIBRATION_ROWS or (~is_val).sum() < MIN_CALIBRATION_ROWS:
-        raise ValueError(f"too few training or held-out rows at val_fraction={val_fraction}")
+        raise TooFewSpectraError(f"too few training or held-out rows at val_fraction={val_fraction}")
     return is_val
 
 

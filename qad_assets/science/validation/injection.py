@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.ndimage import gaussian_filter1d
 
+from qad_assets.errors import TooFewSpectraError
 from qad_assets.science.spectra.arms import ARM_EDGES, arm_index
 from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.features import LINES, band_median, pixels
@@ -218,7 +219,7 @@ def _superpose(
     donor_flux, donor_ivar, donor_z = (np.asarray(a, np.float64) for a in donors)
     far = np.abs(donor_z[None, :] - z[:, None]) >= MIN_SUPERPOSED_DZ
     if not far.any(axis=1).all():
-        raise ValueError(f"no donor quasar at ≥ {MIN_SUPERPOSED_DZ} in redshift from some hosts")
+        raise TooFewSpectraError(f"no donor quasar at ≥ {MIN_SUPERPOSED_DZ} in redshift from some hosts")
     pick = np.argmax(far * rng.random(far.shape), axis=1)  # a random far donor per host
     shift = np.log10((1.0 + donor_z[pick]) / (1.0 + z)) / grid.loglam_step  # donor rest → host rest
     moved_flux, moved_ivar = shift_spectra(donor_flux[pick], donor_ivar[pick], shift)
