@@ -3,6 +3,7 @@
 import dagster as dg
 
 from jobs.jobs import spectra_job
+from qad_assets.config import NAME_PATTERN
 from qad_assets.partitions import (
     archive_partition_keys,
     range_tags,
@@ -20,6 +21,9 @@ def new_release_partitions(context: dg.SensorEvaluationContext, archive: Archive
     request one run over the new keys, which were appended together and so form one partition range.
     """
     specprods = [archive.specprod] if archive.specprod else list_specprods(archive.root)
+    if invalid := [name for name in specprods if NAME_PATTERN.fullmatch(name) is None]:
+        context.log.warning(f"skipping productions whose names cannot be release names: {invalid}")
+    specprods = [name for name in specprods if name not in invalid]
     found = [key for specprod in specprods for key in archive_partition_keys(archive.root, specprod)]
     known = set(context.instance.get_dynamic_partitions(spectra_partitions.name))
     new = [key for key in found if key not in known]

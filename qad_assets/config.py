@@ -7,10 +7,13 @@ empty value means (unset). No Dagster import: the service reads it too.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
+
+from qad_assets.errors import UserError
 
 STORAGE = "QAD_STORAGE"
 ARCHIVE = "QAD_ARCHIVE"
@@ -28,6 +31,22 @@ REQUIRED = (STORAGE, ARCHIVE)
 OPTIONAL = (SPECPROD, QSO_CATALOG, DEVICE, MLFLOW_TRACKING_URI, RAY_ADDRESS, RAY_NUM_CPUS)
 
 Device = Literal["auto", "cuda", "cpu"]
+
+#: Release and production (specprod) names: they become partition keys (``<release>_<survey>_...``) and
+#: folder names under the storage root and the archive, so only lower-case ASCII letters and digits.
+NAME_PATTERN = re.compile(r"[a-z0-9]{1,32}")
+
+
+def check_name(kind: str, name: object) -> str:
+    """``name`` when it is a valid release or specprod name (``NAME_PATTERN``), else a ``UserError`` that
+    says why. Every place where such a name becomes a partition key or a path calls this.
+    """
+    if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
+        raise UserError(
+            f"{kind} name {name!r} must be 1 to 32 lower-case ASCII letters and digits: it becomes a partition "
+            "key and a folder name"
+        )
+    return name
 
 
 @dataclass(frozen=True)

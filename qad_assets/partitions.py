@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from qad_assets.config import check_name
 from qad_assets.errors import UserError
 from qad_assets.science.io.archive import find_healpix_coadds
 
@@ -38,8 +39,9 @@ class SpectraPartition:
 
 
 def archive_partition_keys(root: str, specprod: str, release: str | None = None) -> list[str]:
-    """Partition keys of every healpix coadd of ``specprod`` in the archive, release defaulting to it."""
-    release = release or specprod
+    """Partition keys of every healpix coadd of ``specprod`` in the archive, release defaulting to it; both
+    names are checked (``config.check_name``)."""
+    release = check_name("release", release or specprod)
     return [SpectraPartition(release, c.survey, c.program, c.healpix).key for c in find_healpix_coadds(root, specprod)]
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from qad_assets.config import check_name
 from qad_assets.partitions import SpectraPartition
 
 
@@ -15,7 +16,9 @@ class StorageResource(dg.ConfigurableResource):
     root: str
 
     def asset_dir(self, asset: str, release: str) -> Path:
-        return Path(self.root) / asset / release
+        """``<root>/<asset>/<release>``; the release name is checked first (a release partition added in
+        the UI as ``../..`` must not become a path outside the storage root)."""
+        return Path(self.root) / asset / check_name("release", release)
 
     def partition_file(self, asset: str, key: str) -> Path:
         """The Parquet file of one spectra partition of one asset."""

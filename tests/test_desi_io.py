@@ -425,28 +425,48 @@ def test_duplicate_targetids_quarantine_both_rows(tmp_path: Path, clean_tile: Re
     assert_survivors(result, clean_tile, [0, 1, 2])
 
 
-def test_redrock_with_swapped_targetids_quarantines_those_rows(tmp_path: Path) -> None:
-    swapped = np.array(TILE_TIDS)[[1, 0, 2, 3, 4]]
-    result = read(TILE, write_redrock(tmp_path / "redrock.fits", swapped, z=2.5))
+def test_redrock_rows_in_another_order_are_matched_by_targetid(tmp_path: Path) -> None:
+    order = [3, 1, 4, 0, 2]
+    path = write_redrock(tmp_path / "redrock.fits", np.array(TILE_TIDS)[order])
+    with fits.open(path, mode="update") as hdul:
+        hdul["REDSHIFTS"].data["Z"] = [1.0 + 0.1 * i for i in order]  # each TARGETID's own redshift
+    result = read(TILE, path)
+    assert [s for *_, s, _ in ledger_rows(result)] == ["kept"] * 5
+    assert result.spectra.column("TARGETID").to_pylist() == TILE_TIDS
+    np.testing.assert_allclose(result.spectra.column("Z").to_numpy(), [1.0, 1.1, 1.2, 1.3, 1.4])
+    clean = read(TILE, write_redrock(tmp_path / "ok.fits", np.array(TILE_TIDS)))
+    assert result.spectra.drop_columns(["Z"]).equals(clean.spectra.drop_columns(["Z"]))
+
+
+def test_redrock_rows_missing_or_repeated_quarantine_only_those_rows(tmp_path: Path) -> None:
+    tids = np.array(TILE_TIDS)
+    result = read(TILE, write_redrock(tmp_path / "short.fits", tids[:4]))
     assert [r[1:] for r in ledger_rows(result) if r[3] != "kept"] == [
-        (0, TILE_TIDS[0], "quarantined", "redrock_mismatch"),
-        (1, TILE_TIDS[1], "quarantined", "redrock_mismatch"),
+        (4, TILE_TIDS[4], "quarantined", "redrock_mismatch")
     ]
-    assert result.ledger.column("reason")[0].as_py() == f"redrock_mismatch: REDSHIFTS TARGETID={TILE_TIDS[1]}"
-    kept = result.spectra
-    assert kept.column("TARGETID").to_pylist() == TILE_TIDS[2:]
-    assert kept.column("Z").to_pylist() == [2.5] * 3
-    assert kept.column("Z_SOURCE").to_pylist() == ["redrock"] * 3
-    clean = read(TILE, write_redrock(tmp_path / "ok.fits", np.array(TILE_TIDS), z=2.5))
-    assert kept.equals(clean.spectra.take([2, 3, 4]))
-
-
-def test_redrock_with_another_row_count_quarantines_the_file(tmp_path: Path) -> None:
-    result = read(TILE, write_redrock(tmp_path / "redrock.fits", np.array(TILE_TIDS[:4])))
-    assert [r[3:] for r in ledger_rows(result)] == [("quarantined", "redrock_mismatch")] * 5
+    assert (
+        result.ledger.column("reason")[4].as_py() == f"redrock_mismatch: 0 REDSHIFTS rows with TARGETID={TILE_TIDS[4]}"
+    )
+    assert result.spectra.column("TARGETID").to_pylist() == TILE_TIDS[:4]
+    repeated = read(TILE, write_redrock(tmp_path / "repeated.fits", tids[[0, 1, 2, 3, 4, 2]]))
+    assert [r[1] for r in ledger_rows(repeated) if r[3] != "kept"] == [2]
     unreadable = tmp_path / "broken-redrock.fits"
     unreadable.write_bytes(b"\0" * 100)
     assert [r[3:] for r in ledger_rows(read(TILE, unreadable))] == [("quarantined", "bad_redrock")] * 5
+
+
+def test_a_redrock_file_of_another_pixel_quarantines_only_the_targets_it_lacks(tmp_path: Path) -> None:
+    other = write_redrock(tmp_path / "redrock.fits", np.array(TILE_TIDS[:3]))  # another file's targets
+    result = read(SV3_26065, other)
+    assert [code for *_, code in ledger_rows(result)] == [
+        "unassigned_fiber",
+        "unassigned_fiber",
+        "redrock_mismatch",
+        "not_target",
+        "redrock_mismatch",
+    ]
+    assert [s for *_, s, _ in ledger_rows(result)].count("quarantined") == 2  # the two targets, nothing else
+    assert result.spectra.num_rows == 0 and lg.accounts_for(result.ledger, 5)
 
 
 def test_an_unreachable_file_raises_instead_of_being_quarantined(tmp_path: Path) -> None:

@@ -11,7 +11,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from qad_assets.cli.pipeline import RunSettings, find_partitions, materialize, prepare_instance_home, storage_root
-from qad_assets.cli.render import check_rows, failure_message, print_checks, print_summary, stage_rows
+from qad_assets.cli.render import (
+    check_rows,
+    failure_message,
+    print_checks,
+    print_skipped,
+    print_summary,
+    stage_rows,
+)
 from qad_assets.config import Settings
 from qad_assets.errors import UserError
 
@@ -19,10 +26,12 @@ from qad_assets.errors import UserError
 def run_pipeline(settings: RunSettings, release: str | None) -> None:
     """Every run of the release, then the checks and the summary; a failed run is the user's to act on."""
     start = time.perf_counter()
-    release, specprod, keys = find_partitions(settings.archive, release, settings.specprod)
-    settings = RunSettings(settings.storage, settings.archive, specprod, settings.qso_catalog)
+    found = find_partitions(settings.archive, release, settings.specprod)
+    release, keys = found.release, found.keys
+    settings = RunSettings(settings.storage, settings.archive, found.specprod, settings.qso_catalog)
     settings.save()
     print(f"release {release}: {len(keys)} partitions from {settings.archive}", file=sys.stderr)
+    print_skipped(found.skipped, f"{settings.archive}/spectro/redux/{found.specprod}/healpix")
     results = materialize(settings, release, keys)
     print_checks([check for result in results for check in check_rows(result)])
     print_summary(

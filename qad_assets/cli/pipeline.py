@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qad_assets.config import Settings
+from qad_assets.config import Settings, check_name
 from qad_assets.errors import UserError
 
 if TYPE_CHECKING:  # Dagster is imported when a run starts, not for ``qad --help``
@@ -80,25 +80,42 @@ def prepare_instance_home(storage: Path) -> Path:
     return home
 
 
-def find_partitions(archive: str, release: str | None, specprod: str | None) -> tuple[str, str, list[str]]:
-    """(release, specprod, partition keys) of the healpix coadds found in ``archive``."""
-    from qad_assets.partitions import archive_partition_keys
-    from qad_assets.science.io.archive import list_specprods
+@dataclass(frozen=True)
+class FoundPartitions:
+    """What ``qad run`` found in an archive: the release, its production, its partition keys, and the
+    entries named like coadds that it skipped (path under the production's ``healpix`` folder, why)."""
 
+    release: str
+    specprod: str
+    keys: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def find_partitions(archive: str, release: str | None, specprod: str | None) -> FoundPartitions:
+    """The release, production, partition keys and skipped entries of the healpix coadds in ``archive``.
+
+    Release and production names are checked (``config.check_name``) before either becomes a key or a path.
+    """
+    from qad_assets.partitions import SpectraPartition
+    from qad_assets.science.io.archive import list_specprods, scan_healpix_coadds
+
+    if specprod is not None:
+        check_name("specprod", specprod)
+    if release is not None:
+        check_name("release", release)
     specprods = list_specprods(archive)
     if specprod is None:
         if not specprods:
             raise UserError(f"{archive}: no spectro/redux/<specprod>/ folder (is this a DESI archive root?)")
         if len(specprods) > 1:
             raise UserError(f"{archive}: several productions {specprods}; choose one with --specprod")
-        specprod = specprods[0]
-    release = release or specprod
-    if not release.isalnum() or release != release.lower():
-        raise UserError(f"release name {release!r} must be lower-case letters and digits (use --release)")
-    keys = archive_partition_keys(archive, specprod, release)
+        specprod = check_name("specprod", specprods[0])
+    release = check_name("release", release or specprod)
+    scan = scan_healpix_coadds(archive, specprod)
+    keys = [SpectraPartition(release, c.survey, c.program, c.healpix).key for c in scan.coadds]
     if not keys:
         raise UserError(f"{archive}/spectro/redux/{specprod}/healpix: no coadd-<survey>-<program>-<pix>.fits files")
-    return release, specprod, keys
+    return FoundPartitions(release, specprod, keys, scan.skipped)
 
 
 def materialize(settings: RunSettings, release: str, keys: list[str]) -> list[dg.ExecuteInProcessResult]:

@@ -70,6 +70,21 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
     return "pipeline run failed\n" + "\n".join(messages or [f"run {result.run_id} did not succeed"])
 
 
+#: Skipped archive entries listed one per line; beyond this, a count.
+MAX_SKIPPED_SHOWN = 50
+
+
+def print_skipped(skipped: list[tuple[str, str]], where: str) -> None:
+    """The archive entries named like coadds that are not partitions, each with why."""
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} entries under {where} that are not healpix coadds:", file=sys.stderr)
+    for path, why in skipped[:MAX_SKIPPED_SHOWN]:
+        print(f"  {path}: {why}", file=sys.stderr)
+    if len(skipped) > MAX_SKIPPED_SHOWN:
+        print(f"  … and {len(skipped) - MAX_SKIPPED_SHOWN} more", file=sys.stderr)
+
+
 def print_summary(rows: list[dict], seconds: float, storage: Path) -> None:
     """Rows in/kept/filtered/quarantined per stage (or the key figures of a per-release product), time,
     and where the outputs are.

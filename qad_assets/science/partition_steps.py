@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from qad_assets.science.io.archive import HealpixCoadd
+from qad_assets.science.io.fits_headers import fibermap_rows
 from qad_assets.science.io.parquet_store import read_table, write_table_atomic
 from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA, read_spectra_file
 from qad_assets.science.model.package import SCORE_COLUMNS, ModelPackage
@@ -38,28 +39,37 @@ class StepSummary:
     seconds: float = 0.0
     output: str = ""
     stats: dict[str, float] = field(default_factory=dict)
+    #: Whether the ledger's row numbers are exactly the input's rows 0..rows_in-1 (ingestion only).
+    accounted: bool = True
 
     @property
     def balanced(self) -> bool:
-        return self.rows_in == self.kept + self.filtered + self.quarantined
+        return self.accounted and self.rows_in == self.kept + self.filtered + self.quarantined
 
 
-def summarize_ledger(table: pa.Table, *, seconds: float, output: Path) -> StepSummary:
-    """Count a ledger by status, and the rows that were not kept by reason code."""
+def summarize_ledger(table: pa.Table, *, seconds: float, output: Path, input_rows: int | None = None) -> StepSummary:
+    """Count a ledger by status, and the rows that were not kept by reason code.
+
+    ``input_rows`` is an independent count of the input (a coadd's FIBERMAP ``NAXIS2``, read from its
+    header apart from the ledger): the summary is balanced only when the ledger holds each of those rows
+    exactly once. Without it (a file whose header cannot be read) the ledger's own rows are the count.
+    """
     status = ledger.counts(table)
+    rows_in = table.num_rows if input_rows is None else input_rows
     reasons = Counter(
         ledger.reason_code(text)
         for text, st in zip(table.column("reason").to_pylist(), table.column("status").to_pylist(), strict=True)
         if st != ledger.KEPT
     )
     return StepSummary(
-        rows_in=table.num_rows,
+        rows_in=rows_in,
         kept=status[ledger.KEPT],
         filtered=status[ledger.FILTERED],
         quarantined=status[ledger.QUARANTINED],
         reasons=dict(sorted(reasons.items())),
         seconds=seconds,
         output=str(output),
+        accounted=ledger.accounts_for(table, rows_in),
     )
 
 
@@ -73,8 +83,13 @@ def ingest_healpix_coadd(
     catalog_z: bool = True,
     archive_root: str | None = None,
 ) -> StepSummary:
-    """Coadd + redrock file → the ``raw_spectra`` Parquet of one partition, and its ledger."""
+    """Coadd + redrock file → the ``raw_spectra`` Parquet of one partition, and its ledger.
+
+    The coadd's header must name the survey, program and HEALPix pixel its path names; the ledger is
+    balanced against the FIBERMAP row count its header announces, read apart from the ledger.
+    """
     start = time.perf_counter()
+    input_rows = fibermap_rows(coadd.coadd)
     result = read_spectra_file(
         coadd.coadd,
         coadd.redrock,
@@ -82,10 +97,11 @@ def ingest_healpix_coadd(
         qso_catalog=qso_catalog,
         catalog_z=catalog_z,
         archive_root=archive_root,
+        expected_header={"SURVEY": coadd.survey, "PROGRAM": coadd.program, "HPXPIXEL": coadd.healpix},
     )
     write_table_atomic(result.spectra, out)
     write_table_atomic(result.ledger, ledger_out)
-    return summarize_ledger(result.ledger, seconds=time.perf_counter() - start, output=out)
+    return summarize_ledger(result.ledger, seconds=time.perf_counter() - start, output=out, input_rows=input_rows)
 
 
 #: The band the per-spectrum median of normalized flux (good pixels redward of 1250 Å) must fall in.

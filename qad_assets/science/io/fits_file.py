@@ -5,10 +5,17 @@ are read with fitsio (C, native byte order, fast) and plain images straight from
 URL (``file://``, ``s3://``, ``https://``…) or an explicit ``fs`` is opened with fsspec and the file
 object handed to astropy, which seeks past the RESOLUTION HDUs instead of reading them. Failing to decode
 the bytes raises :class:`~qad_assets.errors.DesiFormatError`; failing to reach them raises the I/O error.
+
+Untrusted bytes are checked before they are used: every HDU read is verified against the ``DATASUM`` and
+``CHECKSUM`` its header records, when it records them (``checksum_mismatch``); a directory or a symbolic
+link loop where a file should be is bad input (``not_a_file``), not an I/O error to retry; and when a
+library fails on a damaged file, :mod:`~qad_assets.science.io.fits_headers` says where it breaks (which
+HDU's header, or which HDU the file ends inside).
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import mmap
 import os
@@ -23,6 +30,7 @@ import numpy as np
 from astropy.io import fits
 
 from qad_assets.errors import DesiFormatError
+from qad_assets.science.io import fits_headers
 from qad_assets.science.spectra import ledger as lg
 
 
@@ -38,7 +46,7 @@ def _native(values: Any) -> np.ndarray:
 
 _REMOTE_BLOCK = 1 << 18  # bytes; fsspec read-ahead for remote files
 # Not bad data: the bytes could not be reached. These propagate (retry), everything else is quarantined.
-_TRANSPORT_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, ConnectionError, TimeoutError)
+_TRANSPORT_ERRORS = (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)
 _BITPIX = {
     8: np.dtype("u1"),
     16: np.dtype(">i2"),
@@ -59,26 +67,58 @@ class _FitsFile:
     failing to reach them (missing file, permissions, network) raises the I/O error itself: that is
     not bad data, and the caller should retry rather than quarantine."""
 
-    def __init__(self, path: str, fs: fsspec.AbstractFileSystem | None, check_size: bool) -> None:
+    def __init__(self, path: str, fs: fsspec.AbstractFileSystem | None, check_size: bool, verify: bool = True) -> None:
         self.path = path
+        self.fs = fs
+        self.verify = verify
         self._raw: Any = None
         self._map: mmap.mmap | None = None
         self._fx: fitsio.FITS | None = None
         self._hdul: fits.HDUList | None = None
+        self._verified: set[str | int] = set()
         try:
             local = fs is None and "://" not in path
-            if local:
-                self._raw = open(path, "rb")  # noqa: SIM115 - held open for the memory map
-            else:
-                fs, where = (fs, path) if fs is not None else fsspec.core.url_to_fs(path)
-                # small read-ahead blocks: a header read after a seek must not pull megabytes of RESOLUTION
-                self._raw = fs.open(where, "rb", block_size=_REMOTE_BLOCK)
-            size, end, gzipped = self._guard("", self._parse_local if local else self._parse_fsspec)
+            self._raw = self._open(local)
+            try:
+                size, end, gzipped = self._guard("", self._parse_local if local else self._parse_fsspec)
+            except DesiFormatError as err:
+                raise self._located(err) from err
             if check_size and not gzipped and size < end:
-                raise DesiFormatError(path, -1, lg.reason("corrupt_fits", f"truncated: {size} of {end} bytes"))
+                truncated = DesiFormatError(path, -1, lg.reason("corrupt_fits", f"truncated: {size} of {end} bytes"))
+                raise self._located(truncated)
         except BaseException:
             self.close()
             raise
+
+    def _open(self, local: bool) -> Any:
+        """The file object; a directory or a symbolic link loop is bad input (``not_a_file``)."""
+        try:
+            if local:
+                if os.path.isdir(self.path):
+                    raise IsADirectoryError(errno.EISDIR, "is a directory", self.path)
+                return open(self.path, "rb")  # noqa: SIM115 - held open for the memory map
+            fs, where = (self.fs, self.path) if self.fs is not None else fsspec.core.url_to_fs(self.path)
+            if fs.isdir(where):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", self.path)
+            # small read-ahead blocks: a header read after a seek must not pull megabytes of RESOLUTION
+            return fs.open(where, "rb", block_size=_REMOTE_BLOCK)
+        except IsADirectoryError:
+            raise DesiFormatError(self.path, -1, lg.reason("not_a_file", "a directory")) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DesiFormatError(self.path, -1, lg.reason("not_a_file", "a symbolic link loop")) from None
+            raise
+
+    def _located(self, err: DesiFormatError) -> DesiFormatError:
+        """``err``, or where the file's own layout says it breaks when that says more (the HDU named)."""
+        try:
+            fits_headers.hdus(self.path, self.fs)
+        except fits_headers.FitsLayoutError as layout:
+            detail = f"truncated: {layout.detail}" if layout.truncated else layout.detail
+            return DesiFormatError(self.path, -1, lg.reason("corrupt_fits", detail))
+        except Exception:  # the diagnosis is best effort; the original error stands
+            return err
+        return err
 
     def _parse_local(self) -> tuple[int, int, bool]:
         """fitsio for headers and tables, a read-only memory map for plain images."""
@@ -111,8 +151,42 @@ class _FitsFile:
                 thing.close()
 
     def need(self, name: str) -> None:
-        if name not in self.names:
-            raise DesiFormatError(self.path, -1, lg.reason("missing_hdu", name))
+        if name not in self.names:  # a file cut short or damaged loses its HDUs: say so rather than "missing"
+            raise self._located(DesiFormatError(self.path, -1, lg.reason("missing_hdu", name)))
+
+    def _verify(self, name: str | int) -> None:
+        """Check HDU ``name`` (0: PRIMARY) against the DATASUM / CHECKSUM its header records (nothing when
+        it records none)."""
+        if not self.verify or name in self._verified:
+            return
+        if self._fx is not None:
+            problem = self._fitsio_checksum(name)
+        else:
+            hdu = self._hdul[name]
+            results = (("DATASUM", hdu.verify_datasum()), ("CHECKSUM", hdu.verify_checksum()))
+            problem = ", ".join(f"{key} does not verify" for key, ok in results if ok == 0)
+        if problem:
+            label = "PRIMARY" if name == 0 else name
+            raise DesiFormatError(self.path, -1, lg.reason("checksum_mismatch", f"{label}: {problem}"))
+        self._verified.add(name)
+
+    def _fitsio_checksum(self, name: str | int) -> str:
+        hdu = self._fx[name]
+        header = hdu.read_header()
+        if header.get("DATASUM") is None and header.get("CHECKSUM") is None:
+            return ""
+        if self._map is None:  # gzip-compressed: fitsio decompresses; leave it to fitsio
+            return ""
+        offsets = hdu.get_offsets()
+        start, data, end = offsets["header_start"], offsets["data_start"], offsets["data_end"]
+        if end > len(self._map):
+            return f"data past the end of file ({len(self._map)} of {end} bytes)"
+        words = np.frombuffer(self._map, dtype=">u4", count=(end - data) // 4, offset=data)
+        head = np.frombuffer(self._map, dtype=">u4", count=(data - start) // 4, offset=start)
+        try:
+            return fits_headers.checksum_problem({k: header.get(k) for k in ("DATASUM", "CHECKSUM")}, head, words)
+        finally:
+            del words, head  # no view may outlive the map
 
     def _guard(self, what: str, read: Callable[[], Any]) -> Any:
         try:
@@ -129,10 +203,12 @@ class _FitsFile:
             keys = list(hdr.keys())  # fitsio's FITSHDR is not iterable like a dict
             return {k: hdr[k] for k in keys if k and k not in ("COMMENT", "HISTORY")}
 
+        self._guard("PRIMARY", lambda: self._verify(0))
         return self._guard("PRIMARY", read)
 
     def image(self, name: str) -> np.ndarray:
         self.need(name)
+        self._verify(name)
         if self._fx is not None:
             return self._guard(name, lambda: self._fitsio_image(name))
         return self._guard(name, lambda: _native(self._hdul[name].data))
@@ -168,6 +244,7 @@ class _FitsFile:
     def table(self, name: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
         """The requested columns that exist (FIBERMAP columns vary between productions)."""
         self.need(name)
+        self._verify(name)
 
         def read() -> dict[str, np.ndarray]:
             if self._fx is not None:
@@ -184,8 +261,12 @@ class _FitsFile:
 
 
 @contextmanager
-def open_fits(path: str, fs: fsspec.AbstractFileSystem | None, check_size: bool = True) -> Iterator[_FitsFile]:
-    f = _FitsFile(path, fs, check_size)
+def open_fits(
+    path: str, fs: fsspec.AbstractFileSystem | None, check_size: bool = True, verify: bool = True
+) -> Iterator[_FitsFile]:
+    """An open FITS file; ``check_size`` refuses a truncated one, ``verify`` checks each HDU read against
+    its recorded checksums."""
+    f = _FitsFile(path, fs, check_size, verify)
     try:
         yield f
     finally:

@@ -17,10 +17,10 @@ QSO_CATALOG_COLUMNS = ("TARGETID", "Z", "ZERR", "ZWARN", "TARGET_RA", "TARGET_DE
 
 
 def read_redshifts(path: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None = None) -> dict[str, np.ndarray]:
-    """The redrock ``REDSHIFTS`` HDU (TARGETID, Z, ZERR, ZWARN, SPECTYPE, SUBTYPE, DELTACHI2).
+    """The redrock ``REDSHIFTS`` HDU (TARGETID, Z, ZERR, ZWARN, SPECTYPE, SUBTYPE, DELTACHI2), in file order.
 
-    Row-matched to the coadd by DESI's data model (the caller checks it). SUBTYPE and DELTACHI2 are
-    filled ('' / NaN) when absent; the others are required (``missing_column``).
+    SUBTYPE and DELTACHI2 are filled ('' / NaN) when absent; the others are required (``missing_column``).
+    :func:`match_redshifts` lines its rows up with a coadd's by TARGETID.
     """
     path = os.fspath(path)
     with open_fits(path, fs) as f:
@@ -35,6 +35,36 @@ def read_redshifts(path: str | os.PathLike[str], fs: fsspec.AbstractFileSystem |
     n = len(out["TARGETID"])
     out["SUBTYPE"] = table.get("SUBTYPE", np.full(n, "")).astype(str)
     out["DELTACHI2"] = table.get("DELTACHI2", np.full(n, np.nan)).astype(np.float64)
+    return out
+
+
+def match_redshifts(rr: dict[str, np.ndarray], targetids: np.ndarray) -> dict[str, np.ndarray]:
+    """The REDSHIFTS row of each coadd TARGETID, as columns in the coadd's row order, plus ``MATCHES``: how
+    many REDSHIFTS rows carry that TARGETID. Only rows with exactly one match have redshifts (the others
+    get Z NaN, SPECTYPE '' and ZWARN -1): a redrock file in another order lines up, one from another pixel
+    or with rows missing or repeated leaves just those rows without a redshift.
+    """
+    targetids = np.asarray(targetids, np.int64)
+    order = np.argsort(rr["TARGETID"], kind="stable")
+    keys = rr["TARGETID"][order]
+    lo, hi = np.searchsorted(keys, targetids, "left"), np.searchsorted(keys, targetids, "right")
+    matches = hi - lo
+    row = np.where(matches == 1, order[np.minimum(lo, max(keys.size - 1, 0))] if keys.size else 0, -1)
+    ok = matches == 1
+    fill = {
+        "TARGETID": -1,
+        "Z": np.nan,
+        "ZERR": np.nan,
+        "ZWARN": -1,
+        "SPECTYPE": "",
+        "SUBTYPE": "",
+        "DELTACHI2": np.nan,
+    }
+    out = {}
+    for name, values in rr.items():
+        taken = values[np.where(ok, row, 0)] if values.size else np.empty(len(targetids), values.dtype)
+        out[name] = np.where(ok, taken, np.asarray(fill[name], dtype=values.dtype) if name in fill else taken)
+    out["MATCHES"] = matches
     return out
 
 

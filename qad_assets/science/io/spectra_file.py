@@ -8,6 +8,7 @@ Bad input never raises from :func:`read_spectra_file`: it is quarantined in the 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,8 @@ import pyarrow as pa
 from qad_assets.errors import DesiFormatError, UserError
 from qad_assets.science.io.coadd import CoaddArms, read_coadd
 from qad_assets.science.io.fits_file import open_fits, required_column
-from qad_assets.science.io.redshifts import QsoCatalog, cached_qso_catalog, read_redshifts
+from qad_assets.science.io.fits_headers import fibermap_rows
+from qad_assets.science.io.redshifts import QsoCatalog, cached_qso_catalog, match_redshifts, read_redshifts
 from qad_assets.science.spectra import ledger as lg
 from qad_assets.science.spectra.arms import NPIX, merge_arms
 from qad_assets.science.spectra.selection import pixel_reasons, selection_reasons
@@ -69,21 +71,26 @@ def read_spectra_file(
     catalog_z: bool = True,
     fs: fsspec.AbstractFileSystem | None = None,
     archive_root: str | None = None,
+    expected_header: Mapping[str, str | int] | None = None,
 ) -> ReadResult:
     """Read one coadd into ``raw_spectra`` rows (quasars only) and a ledger row for every FIBERMAP row.
 
     Each row gets the first reason that applies, in this order (filtered = not a usable quasar,
     quarantined = bad input; filters act before pixel checks, so a SKY fiber with no data is filtered):
 
-    * file-level, quarantined (every FIBERMAP row if its TARGETIDs can be read, else one row -1):
-      ``corrupt_fits`` (unreadable or truncated), ``missing_hdu``, ``missing_column``, ``shape_mismatch``,
-      ``bad_wavelength`` (coadd); ``bad_redrock`` (redrock file unreadable); ``missing_redrock`` (no redrock
-      file and no QSO catalogue redshifts to fall back on); ``redrock_mismatch`` when its
-      row count differs from the coadd's.
+    * file-level, quarantined (every FIBERMAP row: with its TARGETID if the FIBERMAP still reads, else
+      with the row count its header announces and no TARGETID, else one row -1):
+      ``corrupt_fits`` (unreadable or truncated, naming the HDU where it breaks), ``checksum_mismatch``
+      (an HDU read fails its recorded DATASUM/CHECKSUM), ``not_a_file`` (a directory or a symbolic link
+      loop), ``missing_hdu``, ``missing_column``, ``shape_mismatch``, ``bad_wavelength`` (coadd);
+      ``header_mismatch`` (a PRIMARY keyword differs from ``expected_header``, e.g. HPXPIXEL from the
+      pixel its path names); ``bad_redrock`` (redrock file unreadable); ``missing_redrock`` (no redrock
+      file and no QSO catalogue redshifts to fall back on).
     * filtered: ``unassigned_fiber`` (TARGETID <= 0), ``not_target`` (OBJTYPE != TGT, when the column
       exists), ``bad_fiberstatus`` (``COADD_FIBERSTATUS & ~8``, when it exists);
     * row-level, quarantined: ``duplicate_targetid`` (every copy not filtered above),
-      ``redrock_mismatch`` (the REDSHIFTS TARGETID of that row differs from the coadd's);
+      ``redrock_mismatch`` (no single REDSHIFTS row with that row's TARGETID: redrock rows are matched
+      by TARGETID, whatever their order);
     * filtered: with a QSO catalogue, ``not_in_qso_catalog`` (membership replaces the redrock test, since
       the catalogue adds afterburner quasars redrock calls GALAXY); without one, ``not_qso`` (SPECTYPE !=
       QSO) then ``zwarn`` (ZWARN != 0);
@@ -106,20 +113,19 @@ def read_spectra_file(
     try:
         arms = read_coadd(coadd, fs)
     except DesiFormatError as err:
-        return _failed_file(label, err.reason, _readable_targetids(coadd, fs))
+        return _failed_file(label, err.reason, *_readable_rows(coadd, fs))
     tid = arms.targetid
+    if (mismatch := _header_mismatch(arms.header, expected_header)) is not None:
+        return _failed_file(label, lg.reason("header_mismatch", mismatch), tid)
     rr = None
     if redrock is not None:
         try:
-            rr = read_redshifts(redrock, fs)
+            rr = match_redshifts(read_redshifts(redrock, fs), tid)
         except DesiFormatError as err:
             return _failed_file(label, lg.reason("bad_redrock", err.reason), tid)
         except FileNotFoundError:
             if catalog is None or not catalog_z:
                 return _failed_file(label, lg.reason("missing_redrock", os.fspath(redrock)), tid)
-        if rr is not None and len(rr["TARGETID"]) != len(tid):
-            detail = f"{len(rr['TARGETID'])} REDSHIFTS rows for {len(tid)} FIBERMAP rows"
-            return _failed_file(label, lg.reason("redrock_mismatch", detail), tid)
     cat_row = catalog.lookup(tid, arms.header.get("SURVEY")) if catalog is not None else None
     reasons = selection_reasons(arms, rr, cat_row)
     candidates = np.flatnonzero(reasons == "")
@@ -143,18 +149,44 @@ def _file_label(path: str, archive_root: str | None) -> str:
     return path
 
 
-def _readable_targetids(path: str, fs: fsspec.AbstractFileSystem | None) -> np.ndarray | None:
-    """TARGETIDs of a broken file when its FIBERMAP still reads (to quarantine row by row), else None."""
+def _readable_rows(path: str, fs: fsspec.AbstractFileSystem | None) -> tuple[np.ndarray | None, int | None]:
+    """(TARGETIDs, row count) of a broken file, to quarantine it row by row: the TARGETIDs when its
+    FIBERMAP still reads, else the row count its FIBERMAP header announces, else (None, None).
+    """
     try:
-        with open_fits(path, fs, check_size=False) as f:
-            return required_column(f.table("FIBERMAP", ("TARGETID",)), "TARGETID", np.int64, path, "FIBERMAP")
+        with open_fits(path, fs, check_size=False, verify=False) as f:
+            tid = required_column(f.table("FIBERMAP", ("TARGETID",)), "TARGETID", np.int64, path, "FIBERMAP")
+        count = fibermap_rows(path, fs)
+        if count is None or count == len(tid):
+            return tid, len(tid)
     except DesiFormatError:
-        return None
+        pass
+    return None, fibermap_rows(path, fs)
 
 
-def _failed_file(label: str, why: str, targetids: np.ndarray | None) -> ReadResult:
+def _header_mismatch(header: Mapping[str, Any], expected: Mapping[str, str | int] | None) -> str | None:
+    """What differs between the PRIMARY header and the keywords the file's path implies (None: agrees).
+
+    A keyword the header lacks is not checked (tile coadds have no HPXPIXEL, older files no SURVEY).
+    """
+    for key, want in (expected or {}).items():
+        if key not in header:
+            continue
+        have = header[key]
+        same = str(have).strip().lower() == str(want).strip().lower()
+        if isinstance(want, int) and not isinstance(want, bool):
+            try:
+                same = int(have) == want
+            except (TypeError, ValueError):
+                same = False
+        if not same:
+            return f"{key}={have!r} in the header but {want!r} from the file's path"
+    return None
+
+
+def _failed_file(label: str, why: str, targetids: np.ndarray | None, n_rows: int | None = None) -> ReadResult:
     empty = RAW_SPECTRA_SCHEMA.empty_table()
-    return ReadResult(empty, lg.file_failure(label, why, targetids))
+    return ReadResult(empty, lg.file_failure(label, why, targetids, n_rows))
 
 
 def _redshifts(

@@ -26,19 +26,21 @@ FILTER_CODES = frozenset(
 FILE_CODES = frozenset(
     {
         "corrupt_fits",
+        "checksum_mismatch",
+        "not_a_file",
+        "header_mismatch",
         "missing_hdu",
         "missing_column",
         "shape_mismatch",
         "bad_wavelength",
         "bad_redrock",
         "missing_redrock",
-        "redrock_mismatch",
     }
 )
-# Quarantined: bad input data (file-level, or row-level as these; redrock_mismatch is either), to be
-# looked at by a person.
+# Quarantined: bad input data (file-level, or row-level as these), to be looked at by a person.
 QUARANTINE_CODES = FILE_CODES | {
     "duplicate_targetid",
+    "redrock_mismatch",
     "nonfinite",
     "negative_ivar",
     "no_good_pixels",
@@ -100,11 +102,15 @@ def ledger_table(
     )
 
 
-def file_failure(file: str, why: str, targetids: np.ndarray | None = None) -> pa.Table:
-    """Quarantine a whole file: one row per FIBERMAP row when its TARGETIDs are known, else one row -1."""
-    if targetids is None:
-        return ledger_table(file, [-1], None, [why])
-    return ledger_table(file, np.arange(len(targetids)), targetids, [why] * len(targetids))
+def file_failure(file: str, why: str, targetids: np.ndarray | None = None, n_rows: int | None = None) -> pa.Table:
+    """Quarantine a whole file: one row per FIBERMAP row when its TARGETIDs are known; else one row per row
+    its FIBERMAP header announces (``n_rows``), TARGETID unknown; else one row -1 (an unknown count).
+    """
+    if targetids is not None:
+        return ledger_table(file, np.arange(len(targetids)), targetids, [why] * len(targetids))
+    if n_rows is not None:
+        return ledger_table(file, np.arange(n_rows), None, [why] * n_rows)
+    return ledger_table(file, [-1], None, [why])
 
 
 def file_failure_reason(ledger: pa.Table) -> str | None:

@@ -31,7 +31,9 @@ def flag_rows(
 
 
 def selection_reasons(arms: CoaddArms, rr: dict[str, np.ndarray] | None, cat_row: np.ndarray | None) -> np.ndarray:
-    """Per-row reason ('' = candidate quasar) from the FIBERMAP, redrock and the QSO catalogue."""
+    """Per-row reason ('' = candidate quasar) from the FIBERMAP, redrock and the QSO catalogue. ``rr`` is
+    the redrock table matched to the coadd's rows by TARGETID (with its ``MATCHES`` count per row).
+    """
     fm, tid = arms.fibermap, arms.targetid
     reasons = np.full(len(tid), "", dtype=object)
     flag_rows(
@@ -54,9 +56,14 @@ def selection_reasons(arms: CoaddArms, rr: dict[str, np.ndarray] | None, cat_row
     _, inverse, count = np.unique(tid, return_inverse=True, return_counts=True)
     repeats = count[inverse]
     flag_rows(reasons, repeats > 1, "duplicate_targetid", lambda r: [f"TARGETID={tid[i]} x{repeats[i]}" for i in r])
-    if rr is not None:
-        other = rr["TARGETID"]
-        flag_rows(reasons, other != tid, "redrock_mismatch", lambda r: [f"REDSHIFTS TARGETID={v}" for v in other[r]])
+    if rr is not None:  # rows of a redrock file lined up by TARGETID (redshifts.match_redshifts)
+        matches = rr["MATCHES"]
+        flag_rows(
+            reasons,
+            matches != 1,
+            "redrock_mismatch",
+            lambda r: [f"{matches[i]} REDSHIFTS rows with TARGETID={tid[i]}" for i in r],
+        )
     if cat_row is not None:
         flag_rows(reasons, cat_row < 0, "not_in_qso_catalog")
     else:
