@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import dagster as dg
+    from dagster._utils.error import SerializableErrorInfo
 
 COUNTS = ("partitions", "rows_in", "rows_kept", "rows_filtered", "rows_quarantined", "seconds")
 #: What the summary shows for a per-release product, which has no row counts.
@@ -61,13 +62,33 @@ def stage_rows(result: dg.ExecuteInProcessResult) -> list[dict]:
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
-    """Each failed step and its error, for a run that did not succeed."""
+    """Each failed step with the partition(s) of its run and the innermost cause of its error (the user's
+    exception, not Dagster's wrapper around it), for a run that did not succeed.
+    """
+    tags = result.dagster_run.tags
+    partition = tags.get("dagster/partition") or "..".join(
+        tags[name]
+        for name in ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+        if name in tags
+    )
+    where = f" (partition {partition})" if partition else ""
     messages = [
-        f"{event.step_key}: {event.step_failure_data.error.message.strip()}"
+        f"{event.step_key}{where}: {innermost_cause(event.step_failure_data.error)}"
         for event in result.all_events
         if event.is_step_failure and event.step_failure_data.error is not None
     ]
     return "pipeline run failed\n" + "\n".join(messages or [f"run {result.run_id} did not succeed"])
+
+
+def innermost_cause(error: SerializableErrorInfo) -> str:
+    """``Class: message`` of the deepest error in the chain of causes (else of contexts)."""
+    while (deeper := error.cause or error.context) is not None:
+        error = deeper
+    text = error.message.strip()
+    qualified = f"{error.cls_name}:"
+    if ":" in text and text.split(":", 1)[0].endswith(f".{error.cls_name}"):  # module-qualified class name
+        text = f"{error.cls_name}:{text.split(':', 1)[1]}"
+    return text if text.startswith(qualified) or not error.cls_name else f"{error.cls_name}: {text}"
 
 
 #: Skipped archive entries listed one per line; beyond this, a count.
