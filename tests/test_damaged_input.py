@@ -269,3 +269,58 @@ def test_names_are_checked_where_they_become_paths(tmp_path: Path) -> None:
             storage.asset_dir("vae_model", bad)
         with pytest.raises(UserError, match="specprod name"):
             healpix_dir(str(tmp_path), bad, "main", "dark", 1)
+
+
+# --- through the pipeline -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_damaged_partitions_are_quarantined_and_the_others_are_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """qad_spectra over a release whose second coadd is a directory and whose third names another pixel:
+    the run succeeds, the damaged partitions are valid zero-row products in every stage, and the good one
+    is byte for byte what it is in an undamaged release.
+    """
+    import dagster as dg
+    from astropy.io import fits
+
+    from qad_assets.definitions import defs
+    from qad_assets.demo.release import write_demo_release
+    from qad_assets.partitions import archive_partition_keys, range_tags
+
+    archive = tmp_path / "archive"
+    demo = write_demo_release(archive, n_pixels=3, targets_per_pixel=40, seed=2)
+    keys = archive_partition_keys(str(archive), "demo")
+
+    def spectra_run(storage: Path) -> dg.ExecuteInProcessResult:
+        monkeypatch.setenv("QAD_STORAGE", str(storage))
+        monkeypatch.setenv("QAD_ARCHIVE", str(archive))
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("spectra_partitions", keys)
+            return defs.resolve_job_def("qad_spectra").execute_in_process(
+                instance=instance, tags=range_tags(keys[0], keys[-1]), raise_on_error=False
+            )
+
+    assert spectra_run(tmp_path / "clean").success
+    directory, moved = demo.coadd_paths[1], demo.coadd_paths[2]
+    directory.unlink()
+    directory.mkdir()
+    with fits.open(moved, mode="update") as hdul:
+        hdul[0].header["HPXPIXEL"] = hdul[0].header["HPXPIXEL"] + 1
+    result = spectra_run(tmp_path / "damaged")
+    assert result.success
+    checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks[("raw_spectra", "ledger_balances")] and not checks[("raw_spectra", "quarantine_empty")]
+    good, *bad = sorted(keys, key=lambda k: [p.parent.name for p in demo.coadd_paths].index(k.rsplit("_", 1)[1]))
+    for asset in ("raw_spectra", "normalized_spectra", "spectral_features"):
+        clean = tmp_path / "clean" / asset / "demo"
+        damaged = tmp_path / "damaged" / asset / "demo"
+        assert (damaged / f"{good}.parquet").read_bytes() == (clean / f"{good}.parquet").read_bytes(), asset
+        for key in bad:
+            table = read_table(damaged / f"{key}.parquet")
+            assert table.num_rows == 0 and table.schema == read_table(clean / f"{good}.parquet").schema, asset
+    ledgers = {key: read_table(tmp_path / "damaged/raw_spectra/demo/ledger" / f"{key}.parquet") for key in bad}
+    assert ledgers[bad[0]].column("reason").to_pylist() == ["not_a_file: a directory"]
+    (why,) = set(ledgers[bad[1]].column("reason").to_pylist())
+    assert why.startswith("header_mismatch: HPXPIXEL=") and ledgers[bad[1]].num_rows == 40
