@@ -32,3 +32,9 @@ report_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("validation_report"),
     description="Validate a release's detector and promote its model to champion when the checks pass.",
 )
+
+rank_job = dg.define_asset_job(
+    "qad_rank",
+    selection=dg.AssetSelection.assets("candidate_ranking"),
+    description="Re-rank a release's candidates with the labels given in the explorer (partition = release).",
+)

@@ -23,12 +23,14 @@ DEVICE = "QAD_DEVICE"
 MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 RAY_ADDRESS = "RAY_ADDRESS"
 RAY_NUM_CPUS = "QAD_RAY_NUM_CPUS"
+#: SQLAlchemy URL of the label database (empty: SQLite under the storage root).
+LABELS_DB = "QAD_LABELS_DB"
 #: Dagster's own variable, set only for a child process (``qad ui``): ``<storage>/dagster_home``.
 DAGSTER_HOME = "DAGSTER_HOME"
 
 #: What a run needs; the code location loads without them (they are ``dg.EnvVar``s until a run starts).
 REQUIRED = (STORAGE, ARCHIVE)
-OPTIONAL = (SPECPROD, QSO_CATALOG, DEVICE, MLFLOW_TRACKING_URI, RAY_ADDRESS, RAY_NUM_CPUS)
+OPTIONAL = (SPECPROD, QSO_CATALOG, DEVICE, MLFLOW_TRACKING_URI, RAY_ADDRESS, RAY_NUM_CPUS, LABELS_DB)
 
 Device = Literal["auto", "cuda", "cpu"]
 
@@ -51,10 +53,12 @@ def check_name(kind: str, name: object) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Where the products, the DESI tree, the MLflow registry and Ray are, and which torch device to use.
+    """Where the products, the DESI tree, the MLflow registry, Ray and the label database are, and which
+    torch device to use.
 
     ``storage`` and ``archive`` are None when unset; ``device`` is ``auto`` (CUDA if available), ``cuda``
-    or ``cpu``; an empty ``mlflow_tracking_uri`` means the SQLite registry under the storage root.
+    or ``cpu``; an empty ``mlflow_tracking_uri`` means the SQLite registry under the storage root, an
+    empty ``labels_db`` the SQLite label database there.
     """
 
     storage: str | None = None
@@ -65,6 +69,7 @@ class Settings:
     mlflow_tracking_uri: str = ""
     ray_address: str | None = None
     ray_num_cpus: int | None = None
+    labels_db: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -83,6 +88,7 @@ class Settings:
             mlflow_tracking_uri=get(MLFLOW_TRACKING_URI) or "",
             ray_address=get(RAY_ADDRESS),
             ray_num_cpus=int(cpus) if cpus else None,
+            labels_db=get(LABELS_DB) or "",
         )
 
     def dagster_home(self) -> Path | None:
@@ -102,6 +108,7 @@ class Settings:
             MLFLOW_TRACKING_URI: self.mlflow_tracking_uri,
             RAY_ADDRESS: self.ray_address,
             RAY_NUM_CPUS: None if self.ray_num_cpus is None else str(self.ray_num_cpus),
+            LABELS_DB: self.labels_db,
         }
         env = {name: value or "" for name, value in values.items()}
         if (home := self.dagster_home()) is not None:

@@ -7,10 +7,11 @@ from typing import Any
 
 import dagster as dg
 
-from jobs.jobs import report_job, score_job, score_with_champion_job, spectra_job, train_job
+from jobs.jobs import rank_job, report_job, score_job, score_with_champion_job, spectra_job, train_job
 from jobs.schedules import nightly_pipeline
 from jobs.sensors import new_release_partitions
 from qad_assets.assets.anomaly_scores import anomaly_scores
+from qad_assets.assets.candidate_ranking import candidate_ranking
 from qad_assets.assets.normalized_spectra import normalized_spectra
 from qad_assets.assets.raw_spectra import raw_spectra
 from qad_assets.assets.spectral_features import spectral_features
@@ -22,8 +23,16 @@ from resources import resources_from_env
 def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
     """The code location with these resources: the CLI passes its own, built from a run's settings."""
     return dg.Definitions(
-        assets=[raw_spectra, normalized_spectra, spectral_features, vae_model, anomaly_scores, validation_report],
-        jobs=[spectra_job, train_job, score_job, score_with_champion_job, report_job],
+        assets=[
+            raw_spectra,
+            normalized_spectra,
+            spectral_features,
+            vae_model,
+            anomaly_scores,
+            validation_report,
+            candidate_ranking,
+        ],
+        jobs=[spectra_job, train_job, score_job, score_with_champion_job, report_job, rank_job],
         schedules=[nightly_pipeline],
         sensors=[new_release_partitions],
         resources=resources,

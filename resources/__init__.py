@@ -9,6 +9,7 @@ from qad_assets import config
 from qad_assets.config import Settings
 from resources.archive import ArchiveResource
 from resources.gpu import GpuResource
+from resources.labels import LabelStoreResource
 from resources.mlflow import MlflowResource
 from resources.ray import RayResource
 from resources.storage import StorageResource
@@ -26,6 +27,7 @@ def build_resources(
         "mlflow": MlflowResource(storage_root=storage, tracking_uri=settings.mlflow_tracking_uri),
         "gpu": GpuResource(device=settings.device),
         "ray": RayResource(address=settings.ray_address, num_cpus=settings.ray_num_cpus),
+        "labels": LabelStoreResource(storage_root=storage, url=settings.labels_db),
     }
 
 

@@ -27,12 +27,14 @@ def test_assets_their_partitions_and_lineage() -> None:
         "vae_model",
         "anomaly_scores",
         "validation_report",
+        "candidate_ranking",
     }
     for asset in ("raw_spectra", "normalized_spectra", "spectral_features", "anomaly_scores"):
         assert defs.resolve_assets_def(asset).partitions_def == SPECTRA
         assert defs.resolve_assets_def(asset).backfill_policy.max_partitions_per_run > 1
     assert defs.resolve_assets_def("vae_model").partitions_def == RELEASES
     assert defs.resolve_assets_def("validation_report").partitions_def == RELEASES
+    assert defs.resolve_assets_def("candidate_ranking").partitions_def == RELEASES
     parents = {
         k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
     }
@@ -41,6 +43,7 @@ def test_assets_their_partitions_and_lineage() -> None:
     assert parents["vae_model"] == {"normalized_spectra"}
     assert parents["anomaly_scores"] == {"normalized_spectra", "vae_model"}
     assert parents["validation_report"] == {"anomaly_scores", "vae_model"}
+    assert parents["candidate_ranking"] == {"anomaly_scores", "spectral_features"}
 
 
 def test_blocking_and_warning_checks() -> None:
@@ -61,12 +64,13 @@ def test_jobs_schedules_sensors_and_resources() -> None:
     assert defs.resolve_job_def("qad_train").partitions_def == RELEASES
     assert defs.resolve_job_def("qad_score").partitions_def == SPECTRA
     assert defs.resolve_job_def("qad_report").partitions_def == RELEASES
+    assert defs.resolve_job_def("qad_rank").partitions_def == RELEASES
     champion = defs.resolve_job_def("qad_score_champion")
     assert champion.partitions_def == SPECTRA
     assert champion.run_config_schema  # the job carries model=champion for anomaly_scores
     assert defs.resolve_schedule_def("nightly_pipeline").cron_schedule == "0 3 * * *"
     assert defs.resolve_sensor_def("new_release_partitions").job_name == "qad_spectra"
-    assert {"storage", "archive", "ray", "gpu", "mlflow"} <= set(defs.resources)
+    assert {"storage", "archive", "ray", "gpu", "mlflow", "labels"} <= set(defs.resources)
     assert defs.resolve_assets_def("vae_model").op.pool == "gpu"
 
 
@@ -84,7 +88,13 @@ def test_dagster_validates_the_workspace() -> None:
 
 def test_downstream_assets_follow_their_inputs() -> None:
     """Declarative automation: per-partition products follow eagerly, retraining waits for a weekly tick."""
-    for asset in ("normalized_spectra", "spectral_features", "anomaly_scores", "validation_report"):
+    for asset in (
+        "normalized_spectra",
+        "spectral_features",
+        "anomaly_scores",
+        "validation_report",
+        "candidate_ranking",
+    ):
         condition = defs.resolve_assets_def(asset).automation_conditions_by_key[dg.AssetKey(asset)]
         assert condition.get_label() == "eager", asset
     retrain = defs.resolve_assets_def("vae_model").automation_conditions_by_key[dg.AssetKey("vae_model")]
