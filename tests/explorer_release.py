@@ -44,8 +44,8 @@ def write_release(
     group[chosen[: n // 6]] = "troughs"
     group[chosen[n // 6 : n // 3]] = "spikes"
     latent = rng.normal(size=(n, LATENT)).astype(np.float32)
-    latent[group == "troughs", 0] += 4.0
-    latent[group == "spikes", 1] -= 4.0
+    latent[group == "troughs", 0] += 8.0
+    latent[group == "spikes", 1] -= 8.0
     score = rng.normal(size=n) + 1.5 * (group != "")
     order = np.argsort(-score, kind="stable")
     rank = np.empty(n, np.int64)

@@ -1,5 +1,6 @@
 """The Dagster-free layers stay Dagster-free: the science library, the scoring service (a Ray Serve replica
-must not need Dagster installed), the demo simulator, the exceptions and the configuration.
+must not need Dagster installed), the demo simulator, the candidate explorer and its label database, the
+exceptions and the configuration.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("qad_assets.science", "qad_assets.service", "qad_assets.demo")
+PACKAGES = ("qad_assets.science", "qad_assets.service", "qad_assets.demo", "qad_assets.explorer", "qad_assets.labels")
 MODULES = ("qad_assets.errors", "qad_assets.config")
 
 
