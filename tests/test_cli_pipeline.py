@@ -114,6 +114,7 @@ def test_help_documents_every_option() -> None:
             "--poll-seconds",
             "--max-json-mb",
         ],
+        "explore": ["--storage", "--release", "--host", "--port"],
     }.items():
         text = qad(command, "--help").stdout
         assert all(option in text for option in options), (command, text)

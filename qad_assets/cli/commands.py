@@ -1,4 +1,4 @@
-"""The ``qad`` commands: ``demo``, ``run``, ``ui`` and ``serve``, each on one storage root."""
+"""The ``qad`` commands: ``demo``, ``run``, ``ui``, ``serve`` and ``explore``, each on one storage root."""
 
 from __future__ import annotations
 
@@ -116,3 +116,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         stop()  # on a cluster the application would otherwise outlive this command
         print("scoring service stopped", file=sys.stderr)
+
+
+def cmd_explore(args: argparse.Namespace) -> None:
+    """The candidate explorer over the storage root (uvicorn says where it listens); labels go to
+    ``$QAD_LABELS_DB``, else to SQLite beside the products.
+    """
+    from qad_assets.explorer.app import serve
+
+    storage = storage_root(args.storage)
+    serve(storage, host=args.host, port=args.port, release=args.release, labels_url=Settings.from_env().labels_db)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qad_assets.cli.commands import cmd_demo, cmd_run, cmd_serve, cmd_ui
+from qad_assets.cli.commands import cmd_demo, cmd_explore, cmd_run, cmd_serve, cmd_ui
 
 DESCRIPTION = "``qad``: run the pipeline on the demo release or a DESI archive, and open the Dagster UI."
 
@@ -79,4 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-json-mb", type=float, default=64.0, help="largest JSON body in MiB (default: 64)")
     serve.add_argument("--max-upload-mb", type=float, default=512.0, help="largest coadd upload in MiB (default: 512)")
     serve.set_defaults(func=cmd_serve)
+
+    explore = with_storage(
+        commands.add_parser("explore", help="inspect, label and export a release's candidates in the browser")
+    )
+    explore.add_argument("--release", help="release the page opens (default: the first scored release)")
+    explore.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    explore.add_argument("--port", type=int, default=8050, help="port (default: 8050)")
+    explore.set_defaults(func=cmd_explore)
     return parser
