@@ -17,3 +17,11 @@ class LabelStoreResource(dg.ConfigurableResource):
 
     def store(self) -> LabelStore:
         return LabelStore.for_storage(self.storage_root, self.url or None)
+
+    def current(self, release: str) -> dict[int, str]:
+        """TARGETID → current label of every labelled candidate of ``release``."""
+        store = self.store()
+        try:
+            return {event.targetid: event.label for event in store.current(release)}
+        finally:
+            store.close()

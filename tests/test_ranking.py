@@ -20,6 +20,7 @@ from qad_assets.science.ranking.interest import (
     rerank,
     score_percentile,
 )
+from qad_assets.science.validation.labelled import labelled_truth
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,21 @@ def test_simulated_inspection_reports_recall_before_and_after(synthetic: Synthet
         candidates, truth, "spikes", "artifact", interest_of=default_interest(), n_labels=30, top=60
     )
     assert unwanted.recall_reranked < unwanted.recall_plain
+
+
+def test_labels_as_truth_give_the_precision_of_the_ranked_head() -> None:
+    targetid = np.arange(1, 9)
+    score = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, np.nan])
+    labels = {1: "bal", 2: "normal", 4: "artifact", 5: "bal", 8: "star", 99: "bal"}  # 99: not in the release
+    truth = labelled_truth(targetid, score, labels, ks=(2, 10))
+    assert truth["labelled"] == 5 and truth["counts"] == {"artifact": 1, "bal": 2, "normal": 1, "star": 1}
+    assert truth["precision_at_k"]["2"] == {
+        "k_used": 2,
+        "anomalous": 0.5,
+        "artifact": 0.0,
+        "bal": 0.5,
+        "normal": 0.5,
+        "star": 0.0,
+    }
+    assert truth["precision_at_k"]["10"]["k_used"] == 5 and truth["precision_at_k"]["10"]["anomalous"] == 0.8
+    assert labelled_truth(targetid, score, {})["precision_at_k"] == {}

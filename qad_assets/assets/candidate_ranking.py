@@ -52,11 +52,7 @@ def candidate_ranking(
     """
     release = context.partition_key
     candidates = read_candidates(storage.root, release)
-    store = labels.store()
-    try:
-        current = {event.targetid: event.label for event in store.current(release)}
-    finally:
-        store.close()
+    current = labels.current(release)
     options = InterestOptions(exploitation=config.exploitation, exploration=config.exploration, seed=config.seed)
     ranking = rank_candidates(candidates, current, config.interest, options)
     path = write_table_atomic(ranking.to_arrow(), storage.asset_dir("candidate_ranking", release) / "ranking.parquet")

@@ -13,9 +13,11 @@ from qad_assets.science.io.parquet_store import read_spectra, read_table
 from qad_assets.science.model.package import ModelPackage, current_package
 from qad_assets.science.spectra.rest_frame import REST_GRID
 from qad_assets.science.validation.harness import json_safe, read_catalogue, release_scores, validate_release
+from qad_assets.science.validation.labelled import labelled_truth
 from qad_assets.science.validation.report import write_report
 from resources.archive import ArchiveResource
 from resources.k8s import K8S_GPU_TAGS
+from resources.labels import LabelStoreResource
 from resources.mlflow import CHAMPION, MlflowResource
 from resources.storage import StorageResource
 
@@ -56,9 +58,11 @@ def validation_report(
     storage: StorageResource,
     archive: ArchiveResource,
     mlflow: MlflowResource,
+    labels: LabelStoreResource,
 ) -> dg.MaterializeResult:
     """Injection–recovery of seven anomaly classes with the VAE next to PCA and Isolation Forest
-    baselines, truth metrics when the release has a truth table, ranking stability across seeds,
+    baselines, truth metrics when the release has a truth table, the ranking's precision on the candidates
+    astronomers labelled (the label database), ranking stability across seeds,
     cross-match of the top candidates, and one self-contained HTML report. When both checks pass the
     release's model version becomes ``champion``.
     """
@@ -92,6 +96,8 @@ def validation_report(
     if config.crossmatch_catalog:
         metrics["crossmatch"]["catalog"] = config.crossmatch_catalog
     metrics["checks"] = {name: {"passed": bool(ok), "detail": detail} for name, (ok, detail) in checks.items()}
+    current = labels.current(release)
+    metrics["labelled"] = labelled_truth(scores["TARGETID"].to_numpy(), scores["anomaly_score"].to_numpy(), current)
     files = write_report(
         storage.asset_dir("validation_report", release),
         release=release,
