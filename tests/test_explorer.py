@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import threading
 import time
@@ -277,3 +278,23 @@ def test_the_index_is_cached_and_rebuilt_when_the_release_is_rescored(tmp_path: 
     after = ReleaseCatalog.open(tmp_path, synthetic.release)
     assert after.fingerprint != first.fingerprint
     assert after.frame["anomaly_score"].max() > 100.0
+
+
+def test_rerank_now_learns_from_the_labels(synthetic: SyntheticRelease, tmp_path: Path) -> None:
+    storage = tmp_path / "copy"
+    shutil.copytree(synthetic.storage, storage, symlinks=True, ignore=shutil.ignore_patterns("labels", "explorer"))
+    server, thread, url, labels = run_server(storage)
+    api = f"{url}/api/releases/{synthetic.release}"
+    try:
+        troughs = [str(t) for t in synthetic.groups["troughs"]]
+        for targetid in troughs[:8]:
+            assert post_label(Server(url, synthetic, labels), targetid=targetid, label="bal", author="ann").ok
+        result = requests.post(f"{api}/rerank", timeout=60).json()
+        assert result == {"labels": 8, "candidates": 120, "seconds": result["seconds"]}
+        queue = get(f"{api}/candidates", sort="priority_rank", limit=500)["rows"]
+        assert [r["priority_rank"] for r in queue[: len(queue) - 8]] == list(range(1, len(queue) - 7))
+        assert all(r["priority_rank"] is None for r in queue[-8:]) and {r["label"] for r in queue[-8:]} == {"bal"}
+        head = {r["TARGETID"] for r in queue[:12]}
+        assert len(head & set(troughs[8:])) >= 8  # the other troughs come first
+    finally:
+        stop_server(server, thread, labels)

@@ -37,7 +37,8 @@ from qad_assets.explorer.export import MEDIA_TYPES, SUFFIX, export_bytes, legacy
 from qad_assets.explorer.plots import spectrum_data, spectrum_layout
 from qad_assets.explorer.spectrum import SpectrumSource
 from qad_assets.labels.store import LabelError, LabelEvent, LabelStore, StaleLabelError
-from qad_assets.labels.vocabulary import LABELS, MAX_AUTHOR_CHARS, MAX_NOTE_CHARS
+from qad_assets.labels.vocabulary import LABELS, MAX_AUTHOR_CHARS, MAX_NOTE_CHARS, default_interest
+from qad_assets.science.ranking.interest import InterestOptions
 
 STATIC = Path(__file__).parent / "static"
 _RELEASE = re.compile(r"^[a-z0-9]+$")
@@ -233,6 +234,13 @@ def create_app(storage: Path, labels: LabelStore, *, default_release: str | None
         score = f"z={row['Z']:.4f}  score={row['anomaly_score']:.2f}"
         data["title"] = f"TARGETID {targetid}  {score}  driven by {driver or '—'}  ({model})"
         return data
+
+    @app.post("/api/releases/{release}/rerank")
+    def rerank(release: str) -> dict[str, Any]:
+        catalog = explorer.catalog(release)
+        start = time.perf_counter()
+        learned = catalog.rerank(explorer.labels.current(release), default_interest(), InterestOptions())
+        return {"labels": learned, "candidates": len(catalog), "seconds": round(time.perf_counter() - start, 2)}
 
     @app.get("/api/releases/{release}/labels/{targetid}")
     def label_history(release: str, targetid: int) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import polars as pl
 from qad_assets.labels.store import LabelEvent
 from qad_assets.science.io.parquet_store import read_metadata, write_table_atomic
 from qad_assets.science.ranking.candidates import read_candidates
+from qad_assets.science.ranking.interest import InterestOptions, rank_candidates
 
 INDEX_VERSION = "1"
 FINGERPRINT_KEY = "qad_explorer_fingerprint"
@@ -191,6 +193,22 @@ class ReleaseCatalog:
         nearest = np.argpartition(d2, k)[:k]
         nearest = nearest[np.argsort(d2[nearest], kind="stable")]
         return nearest, np.sqrt(d2[nearest])
+
+    def rerank(self, labels: list[LabelEvent], interest_of: Mapping[str, float], options: InterestOptions) -> int:
+        """Re-rank now with the current labels (``candidate_ranking``'s science, in memory: the asset stays
+        the persisted product); returns the number of labels learned from.
+        """
+        candidates = self.frame.with_columns(pl.Series("latent", self.latent))
+        current = {event.targetid: event.label for event in labels}
+        ranking = rank_candidates(candidates, current, interest_of, options)
+        ranked = ranking.select(
+            "priority",
+            pl.when(pl.col("priority_rank") > 0).then(pl.col("priority_rank")).alias("priority_rank"),
+            "interest",
+        )
+        self.frame = self.frame.drop(RANKING_COLUMNS, strict=False).hstack(ranked)
+        self.columns = [c for c in PAGE_COLUMNS if c in self.frame.columns or c in LABEL_COLUMNS]
+        return sum(code in interest_of for code in current.values())
 
     def options(self) -> dict[str, list[str]]:
         """Values the region and component filters can take in this release."""

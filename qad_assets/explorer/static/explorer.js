@@ -245,6 +245,7 @@ async function loadSpectrum() {
   doc.get_model_by_name("title").text = data.title;
   doc.get_model_by_name("x_axis").axis_label = data.x_label;
   $("#plot").dataset.targetid = targetid;
+  $("#plot").dataset.frame = frame;
   $("#plot").dataset.points = data.spectrum.wave.length;
 }
 
@@ -287,6 +288,19 @@ async function label(code) {
   }
 }
 
+async function rerank() {
+  status("re-ranking with the labels…");
+  const result = await api(`/api/releases/${state.release}/rerank`, { method: "POST" });
+  await loadRelease();
+  const form = $("#filters").elements;
+  form.sort.value = "priority_rank";
+  form.descending.checked = false;
+  state.offset = 0;
+  state.selected = -1;
+  await loadPage();
+  status(`re-ranked ${result.candidates} candidates with ${result.labels} labels in ${result.seconds} s`);
+}
+
 function exportLink(anchor) {
   const params = anchor.dataset.scope === "view" ? filters() : new URLSearchParams();
   params.set("format", anchor.dataset.format);
@@ -314,6 +328,7 @@ function onKey(event) {
     smooth.selectedIndex = Math.max(0, Math.min(smooth.length - 1, smooth.selectedIndex + (event.key === "]" ? 1 : -1)));
     run(loadSpectrum());
   } else if (event.key === "/") $("#note").focus();
+  else if (event.key === "r") run(rerank());
   else if (labelled) run(label(labelled.code));
   else return;
   event.preventDefault();
@@ -364,6 +379,7 @@ async function start() {
     anchor.addEventListener("focus", () => exportLink(anchor));
     exportLink(anchor);
   }
+  $("#rerank").addEventListener("click", () => rerank().catch((e) => status(e.message, true)));
   document.addEventListener("keydown", onKey);
   if (!state.release) {
     status("no scored release under this storage root", true);
