@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from qad_assets.cli.guard import storage_lock
 from qad_assets.cli.pipeline import RunSettings, find_partitions, materialize, prepare_instance_home, storage_root
 from qad_assets.cli.render import (
     check_rows,
@@ -46,12 +47,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     storage = storage_root(args.storage)
     archive = storage / "demo_archive"
-    print(f"writing the demo release to {archive}", file=sys.stderr)
-    demo = write_demo_release(
-        archive, release=args.release, n_pixels=args.n_pixels, targets_per_pixel=args.targets_per_pixel, seed=args.seed
-    )
-    print(f"truth table: {demo.truth_path}", file=sys.stderr)
-    run_pipeline(RunSettings(storage, str(archive)), args.release)
+    with storage_lock(storage):
+        print(f"writing the demo release to {archive}", file=sys.stderr)
+        demo = write_demo_release(
+            archive,
+            release=args.release,
+            n_pixels=args.n_pixels,
+            targets_per_pixel=args.targets_per_pixel,
+            seed=args.seed,
+        )
+        print(f"truth table: {demo.truth_path}", file=sys.stderr)
+        run_pipeline(RunSettings(storage, str(archive)), args.release)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -64,7 +70,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     catalog = args.qso_catalog and (
         args.qso_catalog if "://" in args.qso_catalog else str(Path(args.qso_catalog).resolve())
     )
-    run_pipeline(RunSettings(storage, archive, args.specprod, catalog), args.release)
+    with storage_lock(storage):
+        run_pipeline(RunSettings(storage, archive, args.specprod, catalog), args.release)
 
 
 def cmd_ui(args: argparse.Namespace) -> None:

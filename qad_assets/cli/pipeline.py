@@ -8,6 +8,8 @@ instance is opened from ``<storage>/dagster_home``, so runs made here show in ``
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -18,6 +20,8 @@ from qad_assets.errors import UserError
 
 if TYPE_CHECKING:  # Dagster is imported when a run starts, not for ``qad --help``
     import dagster as dg
+
+progress = logging.getLogger("qad.progress")
 
 SETTINGS_FILE = "qad-settings.json"
 #: The Dagster instance of a storage root, shipped as package data (the top-level dagster.yaml links here).
@@ -122,9 +126,14 @@ def materialize(settings: RunSettings, release: str, keys: list[str]) -> list[dg
     """Materialize the release through the storage root's Dagster instance: the spectra partitions in as few
     runs as their order allows, then the per-release products. Stops at the first failed run; returns the
     results of the runs made.
+
+    The caller holds the storage root's lock (``guard.storage_lock``): runs an earlier, killed ``qad`` left
+    in progress are marked failed and their pool slots freed first, and a run that waits for a pool slot
+    says which run holds it.
     """
     import dagster as dg
 
+    from qad_assets.cli.guard import PoolWaitReporter, recover_interrupted_runs, run_tags
     from qad_assets.definitions import build_definitions
     from qad_assets.partitions import contiguous_ranges, range_tags, release_partitions, spectra_partitions
     from resources import build_resources
@@ -133,6 +142,8 @@ def materialize(settings: RunSettings, release: str, keys: list[str]) -> list[dg
         build_resources(settings.settings(), storage=str(settings.storage), archive=settings.archive)
     )
     with dg.DagsterInstance.from_config(str(prepare_instance_home(settings.storage))) as instance:
+        for line in recover_interrupted_runs(instance):
+            progress.warning(line)
         add_partitions(instance, spectra_partitions.name, keys)
         add_partitions(instance, release_partitions.name, [release])
         order = instance.get_dynamic_partitions(spectra_partitions.name)
@@ -144,9 +155,17 @@ def materialize(settings: RunSettings, release: str, keys: list[str]) -> list[dg
         ]
         results = []
         for job_name, selection in runs:
-            result = defs.resolve_job_def(job_name).execute_in_process(
-                instance=instance, run_config=QUIET, raise_on_error=False, **selection
-            )
+            run_id = str(uuid.uuid4())  # known before the run starts, for the pool-wait report
+            tags = {**selection.get("tags", {}), **run_tags()}
+            with PoolWaitReporter(instance, run_id):
+                result = defs.resolve_job_def(job_name).execute_in_process(
+                    instance=instance,
+                    run_config=QUIET,
+                    raise_on_error=False,
+                    run_id=run_id,
+                    tags=tags,
+                    partition_key=selection.get("partition_key"),
+                )
             results.append(result)
             if not result.success:
                 break
