@@ -101,14 +101,15 @@ def test_simulated_inspection_reports_recall_before_and_after(synthetic: Synthet
     candidates = read_candidates(synthetic.storage, synthetic.release)
     truth = {int(t): name for name, ids in synthetic.groups.items() for t in ids}
     wanted = simulate_inspection(
-        candidates, truth, "troughs", "bal", interest_of=default_interest(), n_labels=30, top=60
+        candidates, truth, "troughs", "bal", interest_of=default_interest(), n_labels=30, tops=(60,)
     )
     assert (wanted.labelled, wanted.remaining) == (30, len(synthetic.groups["troughs"]) - 30)
-    assert wanted.recall_reranked > wanted.recall_plain
+    assert wanted.recall_reranked[60] > wanted.recall_plain[60]
     unwanted = simulate_inspection(
-        candidates, truth, "spikes", "artifact", interest_of=default_interest(), n_labels=30, top=60
+        candidates, truth, "spikes", "artifact", interest_of=default_interest(), n_labels=30, tops=(60,)
     )
-    assert unwanted.recall_reranked < unwanted.recall_plain
+    assert unwanted.recall_reranked[60] < unwanted.recall_plain[60]
+    assert unwanted.median_position_reranked > unwanted.median_position_plain
 
 
 def test_labels_as_truth_give_the_precision_of_the_ranked_head() -> None:
