@@ -48,6 +48,7 @@ import pyarrow as pa
 import pytest
 
 from qad_assets.demo.release import write_demo_release
+from qad_assets.demo.settings import DemoSettings
 from qad_assets.science.io.parquet_store import read_table
 from qad_assets.science.io.spectra_file import read_spectra_file
 from qad_assets.science.spectra.arms import BRZ_WAVE
@@ -114,7 +115,7 @@ def quasars(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
         n_pixels=N_PIXELS,
         targets_per_pixel=TARGETS_PER_PIXEL,
         seed=SEED,
-        anomaly_fraction=ANOMALY_FRACTION,
+        settings=DemoSettings(anomaly_fraction=ANOMALY_FRACTION),
     )
     features = pl.concat(
         [partition_features(c, r, demo.release) for c, r in zip(demo.coadd_paths, demo.redrock_paths, strict=True)]

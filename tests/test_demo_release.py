@@ -279,7 +279,7 @@ def test_project_reader_agrees_with_truth(demo: DemoRelease, truth) -> None:
 
 def test_anomalies_as_configured(demo: DemoRelease, truth) -> None:
     anomalous = truth[truth.anomaly_class.notna()]
-    assert len(anomalous) == 3 * round(0.05 * 300)
+    assert len(anomalous) == 3 * round(0.04 * 300)
     assert set(anomalous.anomaly_class) == set(plan.ANOMALY_CLASSES)
     assert (anomalous.expected_status == "kept").all()
     assert anomalous.anomaly_strength.between(0.1, 1.0).all() and anomalous.anomaly_detail.str.len().gt(0).all()
@@ -361,10 +361,10 @@ def test_lya_forest_mean_transmission(demo: DemoRelease, truth) -> None:
 
 
 def test_signal_to_noise_is_desi_like(truth) -> None:
+    """Dark-time quasars: S/N per pixel about 1.7 at the median with a wide spread (the independent
+    release's targets: 1.9, 5–95 % 0.3–18; docs/realism.md), DESI's QSO magnitude range."""
     dark = _normal_quasars(truth)[lambda t: t.program == "dark"]
-    snr = dark.median_snr.to_numpy()
-    assert 0.7 < np.median(snr) < 3.0
-    assert np.mean((snr > 0.3) & (snr < 5)) > 0.7
-    assert np.percentile(snr, 95) > 5  # a brighter tail
-    assert dark.r_mag.between(18.5, 23.5).all()
+    p5, p50, p95 = np.percentile(dark.median_snr.to_numpy(), [5, 50, 95])
+    assert p5 < 0.8 and 1.0 < p50 < 3.0 and p95 > 8
+    assert dark.r_mag.between(16.0, 23.5).all()
     assert 1.2 < np.median(_normal_quasars(truth).z_true) < 2.5

@@ -1,11 +1,22 @@
-"""The DESI instrument: throughput, sky, line-spread (RESOLUTION), noise and cosmic rays."""
+"""The DESI instrument: throughput, sky, line-spread (RESOLUTION), noise, calibration errors, cosmic rays.
+
+Noise is DESI's as measured on real coadds (``qad_assets.science.spectra.noise``, docs/realism.md): the
+per-arm noise shape and the sky-line pattern come from ``data/demo_noise.npz``; on top of photon and read
+noise, the pipeline's ivar is a few per cent optimistic, a small fraction of pixels has a much wider
+noise (heavy tails), sky lines leave subtraction residuals, and every spectrum carries percent-level
+flux-calibration wiggles and arm offsets.
+"""
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+
 import numpy as np
-from scipy.special import expit
+from numpy.polynomial import legendre
 
 from qad_assets.demo.plan import Arms, Columns
+from qad_assets.demo.settings import DemoSettings
 from qad_assets.science.spectra.arms import ARM_WAVE, ARMS, BRZ_WAVE, WAVE_STEP
 
 NDIAG = 11
@@ -23,61 +34,59 @@ BGS_BRIGHT = 2
 OBSCONDITIONS = {"dark": 1, "bright": 4}
 
 
-#: Osterbrock et al. (1996); a noise model, not a sky atlas
-SKY_LINES = np.array(
-    [(5577.34, 100), (5889.95, 15), (5895.92, 15), (6300.30, 40), (6363.78, 13)]
-    + [(w, 6) for w in (6498.7, 6533.0, 6553.6, 6568.8, 6577.3, 6596.6, 6604.3)]
-    + [(w, 15) for w in (6827.5, 6834.0, 6864.0, 6871.1, 6912.6, 6923.2, 6939.5, 6949.0, 6978.5)]
-    + [(w, 25) for w in (7276.4, 7284.4, 7316.3, 7329.1, 7340.9, 7358.7, 7369.2, 7401.7)]
-    + [(w, 40) for w in (7750.6, 7794.1, 7821.5, 7841.3, 7853.2, 7913.7, 7949.2, 7964.6, 7993.3)]
-    + [(w, 60) for w in (8344.6, 8382.4, 8399.2, 8415.2, 8430.2, 8452.3, 8465.4, 8493.4, 8504.6)]
-    + [(w, 60) for w in (8761.3, 8767.9, 8778.3, 8791.2, 8827.1, 8885.8, 8903.1, 8919.6, 8943.4)]
-    + [(w, 60) for w in (8958.1, 8988.4, 9001.4, 9313.9, 9375.9, 9439.7, 9476.9, 9519.2, 9567.6)]
-    + [(w, 60) for w in (9607.1, 9621.3, 9653.1, 9701.7, 9714.9, 9792.4)]
-)
+DATA_DIR = Path(__file__).parent / "data"
 
 # ---- instrument model (calibrated so that a r = 22 point source reaches S/N ~ 1 per pixel in 1000 s)
 HC_ERG_AA = 6.62607015e-27 * 2.99792458e18  # h c in erg Angstrom
 AREA_CM2 = 8.678e4
 READ_NOISE_E2 = 3.5**2 * 4  # read noise^2 times CCD pixels per spectral pixel
-SKY_RESIDUAL = 0.005  # sky-subtraction residual, as a fraction of the sky-line flux
 LSF_SIGMA_PIX = {"B": (0.95, 0.80), "R": (0.85, 0.80), "Z": (0.90, 0.95)}  # first, last pixel
 SCORE_WINDOWS = {"B": (4000.0, 5800.0), "R": (5800.0, 7600.0), "Z": (7600.0, 9800.0)}
 REDROCK_TEMPLATES = [("GALAXY", "2.6"), ("QSO:::LOZ", "1.0"), ("QSO:::HIZ", "1.0")] + [
     (f"STAR:::{t}", "0.1") for t in ("A", "B", "CV", "F", "G", "K", "M", "WD")
 ]
+#: Sky-subtraction residuals at ``sky_residual = 1``: per fibre and arm the sky-line flux is off by
+#: SKY_SCALE_ERROR (rms; a mis-scaled sky model) and shifted by SKY_SHIFT_AA (rms; a wavelength-solution
+#: error, which leaves a derivative-shaped residual), and the sky-line photon variance is
+#: SKY_VARIANCE_EXCESS larger than the ivar says (the sky model's own noise). Set so that the pulls near
+#: sky lines match real coadds (docs/realism.md): the unstated variance sets the core, the coherent
+#: errors the tails at strong lines.
+SKY_SCALE_ERROR, SKY_SHIFT_AA, SKY_VARIANCE_EXCESS = 0.005, 0.025, 0.2
+SKY_LINE_SPREAD = 0.25  # lognormal σ of the OH line brightness from fibre to fibre (nights differ)
+TAIL_SCALE = 3.0  # noise width of the heavy-tail pixels, in units of the stated σ
+OPTIMISM_SPREAD = 0.02  # spread of the ivar optimism from spectrum to spectrum
+CALIBRATION_DEGREE = 4  # Legendre degree of the smooth flux-calibration error over 3600-9824 Å
 
 
-def _edge(wave: np.ndarray, centre: float, width: float) -> np.ndarray:
-    return expit((wave - centre) / width)
+@lru_cache(maxsize=1)
+def noise_tables() -> dict[str, np.ndarray]:
+    """Per-arm throughput and the sky-line excess variance of real coadds (``data/README.md``)."""
+    with np.load(DATA_DIR / "demo_noise.npz") as data:
+        return {key: data[key].astype(np.float64) for key in data.files}
 
 
-def throughput(arm: str, wave: np.ndarray) -> np.ndarray:
-    """Total throughput (atmosphere to CCD, point source) of one arm; dichroic edges in overlaps.
+def throughput(arm: str) -> np.ndarray:
+    """Total throughput (atmosphere to CCD, point source) of one arm on ``ARM_WAVE[arm]``, set so that the
+    demo's per-arm noise shape (blue roll-off, dichroic edges, red fall-off) is the real coadds'."""
+    return noise_tables()[f"throughput_{arm}"]
 
-    Shapes follow DESI's: blue end and far red weak, each arm rolling off where the next takes over.
+
+def sky_line_excess(arm: str) -> np.ndarray:
+    """Variance that sky lines add over the continuum variance on ``ARM_WAVE[arm]`` (real DESI median)."""
+    lo = round((ARM_WAVE[arm][0] - BRZ_WAVE[0]) / WAVE_STEP)
+    return noise_tables()["sky_excess"][lo : lo + ARM_WAVE[arm].size]
+
+
+def sky_continuum(wave: np.ndarray, program: str) -> np.ndarray:
+    """Sky continuum per 1.5" fibre in 1e-17 erg/s/cm2/Å; brighter and bluer in scattered moonlight.
+
+    Dark: the Kitt Peak zenith sky between the lines, B 22.7, V 21.9 mag/arcsec² (Neugent & Massey
+    2010), i.e. 1.0 at 5500 Å, rising as λ^1.2.
     """
-    if arm == "B":
-        return 0.30 * _edge(wave, 3800.0, 110.0) * (1 - _edge(wave, 5790.0, 25.0))
-    if arm == "R":
-        return 0.32 * _edge(wave, 5770.0, 25.0) * (1 - _edge(wave, 7600.0, 40.0))
-    return 0.32 * _edge(wave, 7540.0, 40.0) * np.clip(1 - ((wave - 8000.0) / 3000.0) ** 2, 0.05, None)
-
-
-def _air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
-    s2 = (1e4 / wave_air) ** 2
-    return wave_air * (1 + 1e-8 * (8342.54 + 2406147.0 / (130.0 - s2) + 15998.0 / (38.9 - s2)))
-
-
-def sky_model(wave: np.ndarray, program: str) -> tuple[np.ndarray, np.ndarray]:
-    """Sky per fibre in 1e-17 erg/s/cm2/Å at the instrument resolution: (continuum, lines)."""
-    cont = 2.0 * (wave / 6000.0) ** 0.8
-    if program == "bright":  # scattered moonlight: brighter and bluer
+    cont = 1.0 * (wave / 5500.0) ** 1.2
+    if program == "bright":
         cont = 3.0 * cont + 6.0 * (wave / 5000.0) ** -2
-    centres = _air_to_vacuum(SKY_LINES[:, 0])
-    sigma = 0.75
-    prof = np.exp(-0.5 * ((wave[None, :] - centres[:, None]) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
-    return cont, 2.5 * (SKY_LINES[:, 1:2] * prof).sum(axis=0)
+    return cont
 
 
 def _resolution_data(rng: np.random.Generator, arm: str, nwave: int, n: int) -> np.ndarray:
@@ -117,28 +126,51 @@ def _cosmic_pixels(rng: np.random.Generator, nexp: np.ndarray, nwave: int) -> tu
     return np.repeat(rows, length), np.minimum(np.repeat(start, length) + offset, nwave - 1)
 
 
-def observe(rng: np.random.Generator, model: np.ndarray, cat: Columns, program: str) -> Arms:
+def calibration_errors(rng: np.random.Generator, n: int, settings: DemoSettings) -> dict[str, np.ndarray]:
+    """Multiplicative flux-calibration error per arm, shape (n, nwave): a smooth Legendre wiggle over the
+    whole range (rms ``calibration_wiggle``) times a per-arm offset (rms ``arm_offset``)."""
+    coeff = rng.normal(0.0, settings.calibration_wiggle / np.sqrt(CALIBRATION_DEGREE), (CALIBRATION_DEGREE + 1, n))
+    coeff[0] = 0.0
+    offset = rng.normal(0.0, settings.arm_offset, (len(ARMS), n, 1))
+    out = {}
+    for k, arm in enumerate(ARMS):
+        x = (ARM_WAVE[arm] - BRZ_WAVE[0]) / (BRZ_WAVE[-1] - BRZ_WAVE[0]) * 2 - 1
+        out[arm] = np.clip((1 + legendre.legval(x, coeff)) * (1 + offset[k]), 0.5, 1.5)
+    return out
+
+
+def observe(rng: np.random.Generator, model: np.ndarray, cat: Columns, program: str, settings: DemoSettings) -> Arms:
     """Per-arm WAVELENGTH/FLUX/IVAR/MASK/RESOLUTION for noiseless models on BRZ_WAVE.
 
-    Noise: photons from the object (through the fibre) and the sky, plus read noise per exposure;
-    ivar is the inverse of that variance and the flux noise is drawn from it, as in the pipeline.
+    The stated variance is photons from the object (through the fibre), the sky continuum and its lines,
+    plus read noise per exposure; the drawn noise is wider by the ivar optimism and, in a fraction of
+    pixels, by TAIL_SCALE; sky lines leave residuals the ivar does not know; flux and ivar carry the
+    calibration error. The sky lines are the real coadds' excess variance over the sky continuum.
     """
-    arms = {}
-    exptime = np.maximum(cat["exptime"], 1.0)[:, None]
+    n = len(model)
+    efftime = np.maximum(cat["efftime"], 1.0)[:, None]
     fibre = cat["psf_to_fiber"][:, None]
+    optimism = 1 + np.clip(rng.normal(settings.ivar_optimism, OPTIMISM_SPREAD, n), 0.0, None)[:, None]
+    line_scale = rng.lognormal(0.0, SKY_LINE_SPREAD, n)[:, None]
+    calibration = calibration_errors(rng, n, settings)
+    arms = {}
     for arm in ARMS:
         wave = ARM_WAVE[arm]
         start, nwave = round((wave[0] - BRZ_WAVE[0]) / WAVE_STEP), wave.size
-        rdata = _resolution_data(rng, arm, nwave, len(model))
+        rdata = _resolution_data(rng, arm, nwave, n)
         signal = _apply_resolution(model[:, start : start + nwave], rdata)
-        sky_cont, sky_lines = sky_model(wave, program)
-        e_per_flux = exptime * AREA_CM2 * throughput(arm, wave) * WAVE_STEP * wave / HC_ERG_AA * 1e-17
-        var_e = e_per_flux * (fibre * np.clip(signal, 0, None) + sky_cont + sky_lines)
-        var_e += np.maximum(cat["nexp"], 1)[:, None] * READ_NOISE_E2
+        e_per_flux = efftime * AREA_CM2 * throughput(arm) * WAVE_STEP * wave / HC_ERG_AA * 1e-17
+        read_e = np.maximum(cat["nexp"], 1)[:, None] * READ_NOISE_E2
+        continuum_e = e_per_flux * sky_continuum(wave, program) + read_e
+        lines_e = line_scale * sky_line_excess(arm) * continuum_e
+        var_e = e_per_flux * fibre * np.clip(signal, 0, None) + continuum_e + lines_e
         sigma = np.sqrt(var_e) / (e_per_flux * fibre)
-        flux = signal + sigma * rng.standard_normal(signal.shape)
-        flux += SKY_RESIDUAL * sky_lines / fibre * rng.standard_normal(signal.shape)
+        wide = np.where(rng.random(signal.shape) < settings.tail_fraction, TAIL_SCALE, 1.0)
+        flux = signal + sigma * optimism * wide * rng.standard_normal(signal.shape)
+        flux += settings.sky_residual * _sky_residual(rng, lines_e, e_per_flux * fibre, wave)
         ivar = 1.0 / sigma**2
+        flux *= calibration[arm]
+        ivar /= calibration[arm] ** 2
         mask = np.zeros(signal.shape, dtype=np.uint32)
         rows, cols = _cosmic_pixels(rng, cat["nexp"], nwave)
         mask[rows, cols] |= SPECMASK_COSMIC
@@ -150,6 +182,19 @@ def observe(rng: np.random.Generator, model: np.ndarray, cat: Columns, program: 
             "ivar": ivar,
             "mask": mask,
             "resolution": rdata,
-            "model": signal,
+            "model": signal * calibration[arm],
         }
     return arms
+
+
+def _sky_residual(
+    rng: np.random.Generator, lines_e: np.ndarray, e_per_flux: np.ndarray, wave: np.ndarray
+) -> np.ndarray:
+    """What subtracting the sky lines (``lines_e`` electrons per pixel) leaves, in object flux units: a
+    scale error and a wavelength shift per fibre and arm, and unstated photon noise (SKY_SCALE_ERROR)."""
+    n = len(lines_e)
+    lines = lines_e / e_per_flux
+    scale = rng.normal(0.0, SKY_SCALE_ERROR, (n, 1))
+    shift = rng.normal(0.0, SKY_SHIFT_AA, (n, 1))
+    unstated = np.sqrt(SKY_VARIANCE_EXCESS * lines_e) / e_per_flux * rng.standard_normal(lines.shape)
+    return lines * scale + shift * np.gradient(lines, wave, axis=1) + unstated

@@ -24,6 +24,7 @@ from qad_assets.demo.instrument import (
     observe,
 )
 from qad_assets.demo.plan import QSO_ROLES, Arms, Columns, PixelPlan
+from qad_assets.demo.settings import DemoSettings
 from qad_assets.demo.sources import (
     BANDS,
     band_nmgy,
@@ -37,8 +38,12 @@ from qad_assets.demo.sources import (
     star_spectra,
     templates,
 )
-from qad_assets.science.spectra.arms import BRZ_WAVE, WAVE_STEP
+from qad_assets.science.io.coadd import CoaddArms
+from qad_assets.science.spectra.arms import BRZ_WAVE, WAVE_STEP, merge_arms
 from qad_assets.science.spectra.rest_frame import C_KMS
+from qad_assets.science.spectra.snr import masked_median
+
+EXPOSURE_SPEED_SPREAD = 0.5  # lognormal σ of the survey speed of an exposure (observing conditions)
 
 
 @dataclass
@@ -49,7 +54,7 @@ class Pixel:
     redshifts: Columns  # REDSHIFTS
 
 
-def simulate_pixel(plan: PixelPlan, rng: np.random.Generator) -> Pixel:
+def simulate_pixel(plan: PixelPlan, rng: np.random.Generator, settings: DemoSettings) -> Pixel:
     """Draw the objects of one healpix pixel, their spectra and their redrock results."""
     order = rng.permutation(len(plan.roles))
     cat: Columns = {
@@ -59,9 +64,9 @@ def simulate_pixel(plan: PixelPlan, rng: np.random.Generator) -> Pixel:
     }
     _place_duplicates(cat)
     _draw_catalogue(rng, cat, plan)
-    exposures = _draw_exposures(rng, cat, plan)
+    exposures = _draw_exposures(rng, cat, plan, settings.exposure_scale)
     model = _noiseless_models(rng, cat, plan.program)
-    arms = observe(rng, model, cat, plan.program)
+    arms = observe(rng, model, cat, plan.program, settings)
     _corrupt_rows(rng, cat, arms)
     redshifts = _redshifts(rng, cat, arms)
     _summaries(cat, arms)
@@ -137,17 +142,33 @@ def _draw_redshifts(rng: np.random.Generator, cat: Columns) -> None:
     cat.update(z=z, z_cat=z_cat, rv=rv, details=details, star_which=_draw_star_types(rng, n, role))
 
 
+#: r-band number counts per (program, kind): brightest and faintest magnitude, log-count slope. Dark:
+#: DESI's QSO targets (r < 23), contaminant stars with flatter counts, LRG and ELG; bright: BGS-like.
+MAGNITUDES = {
+    ("dark", "qso"): (16.5, 23.0, 0.3),
+    ("dark", "star"): (16.0, 22.5, 0.1),
+    ("dark", "lrg"): (19.0, 23.0, 0.3),
+    ("dark", "elg"): (21.5, 24.0, 0.35),
+    ("bright", "qso"): (16.5, 20.5, 0.35),
+    ("bright", "star"): (16.0, 20.0, 0.15),
+    ("bright", "lrg"): (16.0, 19.5, 0.35),
+    ("bright", "elg"): (16.0, 19.5, 0.35),
+}
+
+
 def _draw_magnitudes(rng: np.random.Generator, cat: Columns, program: str) -> None:
-    """r magnitudes: quasars 19-23 (17.5-20.5 in bright), fainter for ZWARN failures.
+    """r magnitudes from MAGNITUDES by kind of object; ZWARN failures at the faint end.
 
     A star labelled QSO is subtle when faint (r = 22.5) and obvious when bright (r = 19.5).
     """
     n, role = len(cat["role"]), cat["role"]
-    bright = program == "bright"
-    rmag = draw_mag(rng, n, 17.5, 20.5) if bright else draw_mag(rng, n, 19.0, 23.0)
+    kind = np.select(
+        [role == "star", (role == "galaxy") & cat["is_elg"], role == "galaxy"], ["star", "elg", "lrg"], "qso"
+    )
+    rmag = np.zeros(n)
+    for name in ("qso", "star", "lrg", "elg"):
+        rmag = np.where(kind == name, draw_mag(rng, n, *MAGNITUDES[program, name]), rmag)
     rmag = np.where(role == "qso_zwarn", rng.uniform(22.6, 23.3, n), rmag)
-    galaxy_mag = rng.uniform(19.5, 21.0, n) if bright else rng.uniform(20.5, 23.0, n)
-    rmag = np.where(role == "galaxy", galaxy_mag, rmag)
     cat["rmag"] = np.where(role == "star_as_qso", 22.5 - 3.0 * np.nan_to_num(cat["strength"]), rmag)
 
 
@@ -159,10 +180,13 @@ def _draw_star_types(rng: np.random.Generator, n: int, role: np.ndarray) -> np.n
     return np.where(np.isin(role, ("star", "star_as_qso")), which, -1)
 
 
-def _draw_exposures(rng: np.random.Generator, cat: Columns, plan: PixelPlan) -> Columns:
+def _draw_exposures(rng: np.random.Generator, cat: Columns, plan: PixelPlan, exposure_scale: float) -> Columns:
     """Six exposures cover the pixel; each target gets 1-4 (more for z > 2.1 Lyα quasars).
 
-    Returns the EXP_FIBERMAP columns and fills COADD_* and fibre-location columns of ``cat``.
+    Each exposure has its own observing conditions (transparency, seeing, airmass, moon): a survey speed
+    drawn lognormal with σ = EXPOSURE_SPEED_SPREAD, so that the effective exposure time (``efftime``,
+    what the noise sees) differs from the open-shutter time. Returns the EXP_FIBERMAP columns and fills
+    COADD_* and fibre-location columns of ``cat``.
     """
     n, n_pool = len(cat["role"]), 6
     bright = plan.program == "bright"
@@ -171,6 +195,7 @@ def _draw_exposures(rng: np.random.Generator, cat: Columns, plan: PixelPlan) -> 
         "tileid": (20000 if bright else 1000) + rng.integers(0, 9000, n_pool),
         "mjd": mjd0 + rng.uniform(0.15, 0.45, n_pool),
         "exptime": np.clip(rng.normal(300.0, 50.0, n_pool) if bright else rng.normal(1000.0, 120.0, n_pool), 150, 1500),
+        "speed": rng.lognormal(0.0, EXPOSURE_SPEED_SPREAD, n_pool),
     }
     pool["night"] = np.array(
         [int((datetime.date(1858, 11, 17) + datetime.timedelta(days=int(m))).strftime("%Y%m%d")) for m in mjd0]
@@ -194,6 +219,7 @@ def _draw_exposures(rng: np.random.Generator, cat: Columns, plan: PixelPlan) -> 
 
     cat["nexp"] = nexp
     cat["exptime"] = (used * pool["exptime"]).sum(axis=1)
+    cat["efftime"] = exposure_scale * (used * pool["exptime"] * pool["speed"]).sum(axis=1)
     cat["numnight"] = sum((used & (pool["night"] == night)).any(axis=1) for night in np.unique(pool["night"]))
     cat["numtile"] = sum((used & (pool["tileid"] == tile)).any(axis=1) for tile in np.unique(pool["tileid"]))
     cat["fiberstatus"] = np.select(
@@ -333,20 +359,29 @@ def _row_nanmedian(values: np.ndarray) -> np.ndarray:
 
 
 def _summaries(cat: Columns, arms: Arms) -> None:
-    """SCORES-like per-arm summaries and the truth table's median S/N over all good pixels."""
-    snr_all = []
+    """SCORES-like per-arm summaries and the truth table's S/N per pixel: the median flux·√ivar over the
+    good pixels of the merged brz spectrum, as ``qad_assets.science.spectra.noise`` measures it."""
     for arm, d in arms.items():
         good = (d["ivar"] > 0) & (d["mask"] == 0) & np.isfinite(d["flux"])
         snr = np.where(good, d["flux"] * np.sqrt(np.abs(d["ivar"])), np.nan)
-        snr_all.append(snr)
         lo, hi = SCORE_WINDOWS[arm]
         win = (d["wave"] >= lo) & (d["wave"] <= hi)
         flux = np.where(good[:, win], d["flux"][:, win], np.nan)
         cat[f"median_flux_{arm}"] = np.nan_to_num(_row_nanmedian(flux))
         cat[f"integ_flux_{arm}"] = np.nansum(flux, axis=1) * WAVE_STEP
         cat[f"median_snr_{arm}"] = np.nan_to_num(_row_nanmedian(snr[:, win]))
-    cat["median_snr"] = _row_nanmedian(np.concatenate(snr_all, axis=1))
-    teff = cat["exptime"] / 1000.0
+    coadd = CoaddArms(
+        "demo",
+        {},
+        {"TARGETID": cat["targetid"]},
+        {a: d["wave"] for a, d in arms.items()},
+        {a: np.nan_to_num(d["flux"]).astype(np.float32) for a, d in arms.items()},
+        {a: np.clip(d["ivar"], 0, None).astype(np.float32) for a, d in arms.items()},
+        {a: d["mask"] for a, d in arms.items()},
+    )
+    flux, ivar, good = merge_arms(coadd)
+    cat["median_snr"] = masked_median(flux * np.sqrt(ivar), good)
+    teff = cat["efftime"] / 1000.0
     cat["tsnr2_qso"] = 40.0 * teff
     cat["tsnr2_lya"] = 120.0 * teff
     cat["tsnr2_elg"] = 90.0 * teff

@@ -13,6 +13,7 @@ import pyarrow as pa
 from qad_assets.demo.fits_writer import SURVEY, coadd_hdus, redrock_hdus, truth_table, write_fits
 from qad_assets.demo.pixel import simulate_pixel
 from qad_assets.demo.plan import plan_release
+from qad_assets.demo.settings import DemoSettings
 from qad_assets.errors import UserError
 from qad_assets.science.io.parquet_store import write_table_atomic
 
@@ -35,28 +36,29 @@ def write_demo_release(
     n_pixels: int = 8,
     targets_per_pixel: int = 400,
     seed: int = 0,
-    anomaly_fraction: float = 0.05,
+    settings: DemoSettings | None = None,
 ) -> DemoRelease:
     """Write a demo release under ``root`` in the DESI DR1 healpix layout, plus its truth table.
 
     ``root/spectro/redux/<release>/healpix/main/<program>/<hpix//100>/<hpix>/{coadd,redrock}-...fits``
-    and ``root/truth-<release>.parquet``. The last pixel is in ``main/bright`` when there are two
-    or more. The output depends only on the arguments: the same arguments give the same bytes.
+    and ``root/truth-<release>.parquet`` (its schema metadata ``demo_settings`` holds the settings as
+    JSON). The last pixel is in ``main/bright`` when there are two or more. ``settings`` defaults to
+    :class:`DemoSettings` (the realistic one). The output depends only on the arguments: the same
+    arguments give the same bytes.
     """
+    settings = settings or DemoSettings()
     if not re.fullmatch(r"[a-z0-9]+", release):
         raise UserError(f"release must match [a-z0-9]+, got {release!r}")
     if not 1 <= n_pixels <= 800:
         raise UserError("n_pixels must be in 1..800")
     if targets_per_pixel > 5000:
         raise UserError("targets_per_pixel must be at most 5000 (BRICK_OBJID and fibre ranges)")
-    if not 0.0 <= anomaly_fraction <= 0.5:
-        raise UserError("anomaly_fraction must be in [0, 0.5]")
     root = Path(root).resolve()
-    plans = plan_release(n_pixels, targets_per_pixel, anomaly_fraction, seed)
+    plans = plan_release(n_pixels, targets_per_pixel, settings.anomaly_fraction, seed)
     coadds, redrocks, truth = [], [], []
     for plan in plans:
         rng = np.random.default_rng([seed, plan.healpix])
-        pixel = simulate_pixel(plan, rng)
+        pixel = simulate_pixel(plan, rng, settings)
         folder = _pixel_dir(root, release, plan.program, plan.healpix)
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{SURVEY}-{plan.program}-{plan.healpix}.fits"
@@ -66,7 +68,8 @@ def write_demo_release(
         coadds.append(coadd)
         redrocks.append(redrock)
         truth.append(truth_table(pixel, plan, coadd.relative_to(root).as_posix()))
-    truth_path = write_table_atomic(pa.concat_tables(truth), root / f"truth-{release}.parquet")
+    table = pa.concat_tables(truth).replace_schema_metadata({"demo_settings": settings.to_json()})
+    truth_path = write_table_atomic(table, root / f"truth-{release}.parquet")
     return DemoRelease(release, root, coadds, redrocks, truth_path)
 
 
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-pixels", type=int, default=8)
     parser.add_argument("--targets-per-pixel", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--anomaly-fraction", type=float, default=0.05)
+    parser.add_argument("--settings", default="{}", help="DemoSettings as JSON, e.g. '{\"exposure_scale\": 2}'")
     args = parser.parse_args(argv)
     demo = write_demo_release(
         args.root,
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         n_pixels=args.n_pixels,
         targets_per_pixel=args.targets_per_pixel,
         seed=args.seed,
-        anomaly_fraction=args.anomaly_fraction,
+        settings=DemoSettings.from_json(args.settings),
     )
     print(f"wrote {len(demo.coadd_paths)} pixels of release {demo.release!r} under {demo.root}")
     print(f"truth: {demo.truth_path}")

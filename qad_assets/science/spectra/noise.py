@@ -70,7 +70,7 @@ class NoiseStats:
     pixel_class: np.ndarray  # (NPIX,) int8 index into PIXEL_CLASSES
     pulls: dict[str, PullStats]  # per pixel class
     pull_hist: dict[str, np.ndarray]  # per pixel class: counts in PULL_BINS
-    arm_shape: dict[str, np.ndarray]  # per arm: median normalized 1/√ivar on ARM_WAVE[arm]
+    arm_shape: dict[str, np.ndarray]  # per arm: median normalized 1/√ivar on ARM_WAVE[arm] (pulled spectra)
     snr: np.ndarray  # median S/N per pixel of every spectrum with data
 
     @property
@@ -171,24 +171,29 @@ def _spread(rows: list[np.ndarray], most: int | None) -> list[np.ndarray]:
     return [r[pick[(pick >= lo) & (pick < lo + r.size)] - lo] for r, lo in zip(rows, first[:-1], strict=True)]
 
 
-def _sky(coadds: Sequence[CoaddArms], rows: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Sky excess on the brz grid and the per-arm noise shape of the given rows.
+def _stack(coadds: Sequence[CoaddArms], rows: list[np.ndarray], arm: str) -> tuple[np.ndarray, np.ndarray]:
+    """ivar and good of one arm for the given rows of every coadd, stacked."""
+    ivar = np.concatenate([c.ivar[arm][r] for c, r in zip(coadds, rows, strict=True)])
+    good = np.concatenate([(c.ivar[arm][r] > 0) & (c.mask[arm][r] == 0) for c, r in zip(coadds, rows, strict=True)])
+    return ivar, good
+
+
+def _sky(coadds: Sequence[CoaddArms], rows: list[np.ndarray]) -> np.ndarray:
+    """Sky excess on the brz grid from the given rows.
 
     In an arm overlap the arm with the higher median ivar (the one that dominates the merged spectrum)
     decides, so the steep throughput edge of the other arm is not taken for a sky line.
     """
-    excess, level, shape = np.zeros(NPIX), np.zeros(NPIX), {}
+    excess, level = np.zeros(NPIX), np.zeros(NPIX)
     for arm in ARMS:
-        ivar = np.concatenate([c.ivar[arm][r] for c, r in zip(coadds, rows, strict=True)])
-        good = np.concatenate([(c.ivar[arm][r] > 0) & (c.mask[arm][r] == 0) for c, r in zip(coadds, rows, strict=True)])
+        ivar, good = _stack(coadds, rows, arm)
         lo = round((ARM_WAVE[arm][0] - BRZ_WAVE[0]) / WAVE_STEP)
         window = slice(lo, lo + ARM_WAVE[arm].size)
         arm_level = np.nan_to_num(masked_median(ivar.T, good.T))
         wins = arm_level > level[window]
         excess[window] = np.where(wins, sky_excess(ivar, good), excess[window])
         level[window] = np.maximum(arm_level, level[window])
-        shape[arm] = arm_noise_shape(ivar, good)
-    return excess, shape
+    return excess
 
 
 def measure_noise(coadds: Sequence[CoaddArms], max_snr: float = np.inf, max_spectra: int | None = 1000) -> NoiseStats:
@@ -196,8 +201,9 @@ def measure_noise(coadds: Sequence[CoaddArms], max_snr: float = np.inf, max_spec
 
     Rows with no good pixel, a non-finite flux at a good pixel or a negative ivar are left out. The S/N
     comes from all of them; sky lines, noise shape and pulls from at most ``max_spectra`` spread evenly
-    over the input (the running medians cost ~1 µs per pixel), the pulls only from those with S/N per
-    pixel up to ``max_snr`` (noise-dominated spectra: their pulls hold little of the objects' own lines).
+    over the input (the running medians cost ~1 µs per pixel); pulls and noise shape only from those with
+    S/N per pixel up to ``max_snr`` (noise-dominated spectra: little of the objects' own lines in the
+    pulls, little of their photons in the noise).
     """
     rows = [_with_data(c) for c in coadds]
     snr = np.concatenate(
@@ -210,15 +216,17 @@ def measure_noise(coadds: Sequence[CoaddArms], max_snr: float = np.inf, max_spec
         ]
     )
     sample = _spread(rows, max_spectra)
-    excess, shape = _sky(coadds, sample)
-    pixel_class = classify_pixels(excess)
+    pixel_class = classify_pixels(excess := _sky(coadds, sample))
     hist = {name: np.zeros(PULL_BINS.size - 1, np.int64) for name in PIXEL_CLASSES}
     by_class: dict[str, list[np.ndarray]] = {name: [np.zeros(0, np.float32)] for name in PIXEL_CLASSES}
     n_spectra = n_pixels = 0
+    chosen = []
     for coadd, r in zip(coadds, sample, strict=True):
+        chosen.append([])
         for start in range(0, r.size, CHUNK):
             flux, ivar, good = merge_arms(coadd, r[start : start + CHUNK])
             use = masked_median(flux * np.sqrt(ivar), good) <= max_snr
+            chosen[-1].append(r[start : start + CHUNK][use])
             n_spectra += int(use.sum())
             n_pixels += int(good[use].sum())
             pull = pulls(flux[use], ivar[use], good[use])
@@ -227,6 +235,7 @@ def measure_noise(coadds: Sequence[CoaddArms], max_snr: float = np.inf, max_spec
                 values = values[np.isfinite(values)].astype(np.float32)
                 by_class[name].append(values)
                 hist[name] += np.histogram(np.clip(values, PULL_BINS[0], PULL_BINS[-1]), PULL_BINS)[0]
+    used = [np.concatenate([np.zeros(0, np.int64), *parts]) for parts in chosen]
     return NoiseStats(
         n_spectra=n_spectra,
         n_pixels=n_pixels,
@@ -234,6 +243,6 @@ def measure_noise(coadds: Sequence[CoaddArms], max_snr: float = np.inf, max_spec
         pixel_class=pixel_class,
         pulls={name: pull_stats(np.concatenate(v)) for name, v in by_class.items()},
         pull_hist=hist,
-        arm_shape=shape,
+        arm_shape={arm: arm_noise_shape(*_stack(coadds, used, arm)) for arm in ARMS},
         snr=snr,
     )
