@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -412,7 +413,6 @@ def test_mlflow_port_and_address(services, deployment):
     port = "5000"
     mlflow = services["mlflow"]
     assert flag(mlflow["command"], "--port") == port
-    assert mlflow["ports"] == [f"127.0.0.1:{port}:{port}"]
     for where, uri in [
         ("compose code-location", service_env(services["code-location"])["MLFLOW_TRACKING_URI"]),
         ("helm", helm_env(deployment)["MLFLOW_TRACKING_URI"]),
@@ -596,6 +596,59 @@ def test_env_example_holds_placeholders_only():
     for path in (DOCKER / "Dockerfile", DOCKER / "Dockerfile.dagster"):
         for instr, rest in dockerfile(path):
             assert not (instr in {"ENV", "ARG"} and re.search(r"PASS|TOKEN|SECRET", rest, re.I)), path.name
+
+
+def test_mlflow_and_postgres_are_on_the_internal_network_only(compose, services):
+    """MLflow has no authentication (whoever reaches it can move champion): published nowhere."""
+    assert compose["networks"]["backend"]["internal"] is True
+    for name in ("mlflow", "postgres"):
+        assert "ports" not in services[name], f"{name} must not be published"
+        assert services[name]["networks"] == ["backend"], name
+    for name in ("code-location", "dagster-webserver", "dagster-daemon", "scoring", "ray-head"):
+        assert "backend" in services[name]["networks"], f"{name} must reach postgres or mlflow"
+
+
+def preflight_result(services, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The compose preflight's own shell command, run here with ``env`` as docker/.env."""
+    preflight = services["preflight"]
+    assert preflight["entrypoint"] == ["sh", "-c"]
+    (script,) = preflight["command"]
+    names = {"DAGSTER_PG_PASSWORD", "QAD_RAY_AUTH_TOKEN"}
+    assert set(preflight["environment"]) == names
+    return subprocess.run(["sh", "-c", script], env={name: env[name] for name in names}, capture_output=True, text=True)
+
+
+def test_the_env_example_placeholders_are_refused(services):
+    refused = preflight_result(services, env_example())
+    assert refused.returncode == 1 and "still holds a change-me placeholder" in refused.stderr
+    real = {"DAGSTER_PG_PASSWORD": "x7Kq2mVw9Lp4", "QAD_RAY_AUTH_TOKEN": "4f9c1e2ab7d03e55"}
+    assert preflight_result(services, real).returncode == 0
+    for name in ("postgres", "ray-head"):  # everything else waits for one of these
+        assert services[name]["depends_on"]["preflight"] == {"condition": "service_completed_successfully"}
+
+
+def test_ray_requires_its_token_everywhere(services, raycluster, values, deployment, k8s_launcher, instance):
+    token = "${QAD_RAY_AUTH_TOKEN:?set QAD_RAY_AUTH_TOKEN in docker/.env}"
+    raw = load_yaml(DOCKER / "docker-compose.yml")["services"]
+    for name in ("ray-head", "code-location", "scoring"):
+        assert service_env(services[name])["RAY_AUTH_MODE"] == "token", name
+        assert raw[name]["environment"]["RAY_AUTH_TOKEN"] == token, name
+    secret = {"secretRef": {"name": "qad-ray-auth"}}
+    for group, container in ray_containers(raycluster).items():
+        assert secret in container["envFrom"], f"Ray {group} pods start without the token"
+    assert secret in raycluster["spec"]["autoscalerOptions"]["envFrom"]
+    assert {"name": "qad-ray-auth"} in deployment["envSecrets"]
+    assert {"name": "qad-ray-auth"} in k8s_launcher["envSecrets"]
+    assert "qad-ray-auth" in instance["run_launcher"]["config"]["env_secrets"]
+
+
+def test_only_this_namespace_reaches_the_ray_cluster(raycluster):
+    policy = load_yaml(K8S / "ray-networkpolicy.yaml")
+    assert policy["kind"] == "NetworkPolicy"
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"ray.io/cluster": raycluster["metadata"]["name"]}}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule == {"from": [{"podSelector": {}}]}, "no other namespace, no address block, every port closed else"
 
 
 # ---------------------------------------------------------------------------------------------------
