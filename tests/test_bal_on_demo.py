@@ -4,8 +4,9 @@ least 95% of normal quasars.
 End to end on DESI-format files: ``write_demo_release`` → ``read_spectra_file`` → ``normalized_table`` →
 ``spectral_features``, joined with the truth table on TARGETID.
 
-The generator (``demo_release._bal``) puts one smooth-edged trough blueward of C IV (full depth), Si IV
-(0.7 of it) and N V (0.8) of every BAL quasar: outflow velocities ``vmin … vmin + width`` km/s, with
+The generator (``qad_assets.demo.anomalies._bal``) puts one smooth-edged trough blueward of C IV (full depth),
+Si IV (0.7 of it), N V (0.8) and Lyα (0.5) of every BAL quasar, ``hibal`` and ``lobal`` alike (a LoBAL has
+Mg II, Al III and Al II troughs as well): outflow velocities ``vmin … vmin + width`` km/s, with
 ``depth = 0.15 + 0.75·s``, ``width = 2000 + 18000·s`` for strength ``s`` and ``vmin`` uniform in 0–5000;
 ``anomaly_detail`` records them. Since the C IV trough is always the deepest, the test asks for
 ``civ_bi > 0``.
@@ -65,7 +66,8 @@ from qad_assets.science.spectra.features import (
 from qad_assets.science.spectra.normalization import normalized_table
 from qad_assets.science.spectra.rest_frame import C_KMS, REST_GRID
 
-# 2 × 600 rows with 40% anomalies: 60 BAL quasars (classes cycle over eight) and ~350 normal quasars.
+# 2 × 600 rows with 40% of the quasar targets anomalous: ~75 BAL quasars (HiBAL and LoBAL; classes cycle over
+# nine) and ~500 normal quasars.
 N_PIXELS, TARGETS_PER_PIXEL, ANOMALY_FRACTION, SEED = 2, 600, 0.4, 0
 
 CIV_BI_WINDOW = tuple(BAL_LINES["civ"] * (1 + v / C_KMS) for v in (BAL_VMIN, BAL_VMAX_BI))  # rest Å
@@ -128,7 +130,8 @@ def quasars(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
 
 def bal_quasars(quasars: pl.DataFrame) -> pl.DataFrame:
     """The injected BAL quasars, with their trough parameters and the 'clear' flag of the docstring."""
-    bals = quasars.filter(pl.col("anomaly_class") == "bal").with_columns(trough_parameters(pl.col("anomaly_detail")))
+    bals = quasars.filter(pl.col("anomaly_class").is_in(["hibal", "lobal"]))
+    bals = bals.with_columns(trough_parameters(pl.col("anomaly_detail")))
     trough_lo = pl.max_horizontal(pl.col("vmin_kms"), -BAL_VMAX_BI)
     trough_hi = pl.min_horizontal(pl.col("vmin_kms") + pl.col("width_kms"), -BAL_VMIN)
     snr = pl.col("snr_continuum")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse
+import scipy.stats
 from astropy.io import fits
 
 from qad_assets.demo import geometry, instrument, plan, release, sources
@@ -279,24 +280,39 @@ def test_project_reader_agrees_with_truth(demo: DemoRelease, truth) -> None:
 
 def test_anomalies_as_configured(demo: DemoRelease, truth) -> None:
     anomalous = truth[truth.anomaly_class.notna()]
-    assert len(anomalous) == 3 * round(0.04 * 300)
+    quasar_targets = 300 - sum(max(1, round(f * 300)) for f in plan.ROLE_FRACTIONS.values())
+    assert len(anomalous) == 3 * round(0.04 * quasar_targets)
     assert set(anomalous.anomaly_class) == set(plan.ANOMALY_CLASSES)
     assert (anomalous.expected_status == "kept").all()
     assert anomalous.anomaly_strength.between(0.1, 1.0).all() and anomalous.anomaly_detail.str.len().gt(0).all()
     assert truth.anomaly_strength[truth.anomaly_class.isna()].isna().all()
-    wrong = anomalous[anomalous.anomaly_class == "wrong_redshift"]
+    wrong = anomalous[anomalous.anomaly_class == "wrong_z"]
     assert (abs(wrong.z_catalog - wrong.z_true) > 0.005).all()
     fake = anomalous[anomalous.anomaly_class == "star_as_qso"]
     assert (fake.true_class == "star").all() and (fake.spectype == "QSO").all() and (fake.z_true.abs() < 0.01).all()
-    assert (anomalous[anomalous.anomaly_class == "bal"].z_true >= 1.6).all()
+    assert (anomalous[anomalous.anomaly_class == "hibal"].z_true >= 1.6).all()
+    assert (anomalous[anomalous.anomaly_class == "lobal"].z_true >= 1.0).all()
+
+
+def test_anomalies_share_the_quasars_magnitudes(demo: DemoRelease) -> None:
+    """Anomalies are drawn at the normal quasars' magnitudes: a detector cannot find them by brightness."""
+    truth = read_table(
+        write_demo_release(demo.root.parent / "mags", n_pixels=1, targets_per_pixel=2000, seed=4).truth_path
+    )
+    truth = truth.to_pandas()
+    kept = truth[(truth.expected_status == "kept") & (truth.program == "dark")]
+    normal, anomalous = kept[kept.anomaly_class.isna()].r_mag, kept[kept.anomaly_class.notna()].r_mag
+    assert len(anomalous) >= 50
+    assert abs(np.median(anomalous) - np.median(normal)) < 0.5
+    assert scipy.stats.ks_2samp(anomalous, normal).pvalue > 0.01
 
 
 def test_default_release_plan_has_every_class() -> None:
-    plans = plan.plan_release(8, 400, 0.05, seed=0)
+    plans = plan.plan_release(8, 400, 0.04, seed=0)
     classes = np.concatenate([p.anomaly for p in plans])
     counts = {c: int((classes == c).sum()) for c in plan.ANOMALY_CLASSES}
-    assert counts == dict.fromkeys(plan.ANOMALY_CLASSES, 20)
-    strengths = np.concatenate([p.strength[p.anomaly == "bal"] for p in plans])
+    assert sum(counts.values()) == 8 * round(0.04 * 280) and set(counts.values()) <= {9, 10}
+    strengths = np.concatenate([p.strength[p.anomaly == "hibal"] for p in plans])
     assert strengths.min() < 0.15 and strengths.max() > 0.95
     assert [p.program for p in plans] == ["dark"] * 7 + ["bright"]
     assert sum(len(p.roles) for p in plans) == 3200
@@ -337,7 +353,13 @@ def test_lya_forest_mean_transmission(demo: DemoRelease, truth) -> None:
     forest, red = np.linspace(1080, 1160, 81)[None], np.linspace(1270, 1290, 21)[None]
     intrinsic = {
         name: (
-            sources._qso_continuum(x, np.zeros(1)) * (1 + sources._qso_line_ratio(x, np.zeros(1), np.full(1, 0.9936)))
+            sources._qso_continuum(x, np.zeros(1))
+            * (
+                1
+                + sources._qso_line_ratio(
+                    x, {"line_type": np.zeros(1), "line_scale": np.full(1, 0.9936), "line_width": np.zeros(1)}
+                )
+            )
         ).mean()
         for name, x in (("forest", forest), ("red", red))
     }

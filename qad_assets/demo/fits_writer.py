@@ -199,5 +199,6 @@ def truth_table(pixel: Pixel, plan: PixelPlan, file: str) -> pa.Table:
             "expected_reason": pa.array(reason, pa.string()),
             "r_mag": pa.array(cat["rmag"], pa.float32(), mask=no_flux | ~np.isfinite(cat["rmag"])),
             "median_snr": pa.array(cat["median_snr"], pa.float32(), mask=~np.isfinite(cat["median_snr"])),
+            "absorbers": pa.array(cat["absorbers"].tolist(), pa.string(), mask=cat["absorbers"] == ""),
         }
     )

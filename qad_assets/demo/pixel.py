@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qad_assets.demo.anomalies import INTRINSIC_ANOMALIES, calibration_artefact, superposed, wrong_redshift
+from qad_assets.demo.absorbers import line_of_sight
+from qad_assets.demo.anomalies import (
+    INTRINSIC_ANOMALIES,
+    MIN_Z,
+    artifact,
+    star_as_qso_types,
+    superposition,
+    wrong_z,
+)
 from qad_assets.demo.geometry import bricks, make_targetid, nest_pixel_radec
 from qad_assets.demo.instrument import (
     DESI_BGS_ANY,
@@ -65,7 +73,7 @@ def simulate_pixel(plan: PixelPlan, rng: np.random.Generator, settings: DemoSett
     _place_duplicates(cat)
     _draw_catalogue(rng, cat, plan)
     exposures = _draw_exposures(rng, cat, plan, settings.exposure_scale)
-    model = _noiseless_models(rng, cat, plan.program)
+    model = _noiseless_models(rng, cat, plan.program, settings)
     arms = observe(rng, model, cat, plan.program, settings)
     _corrupt_rows(rng, cat, arms)
     redshifts = _redshifts(rng, cat, arms)
@@ -123,10 +131,11 @@ def _draw_identity(rng: np.random.Generator, cat: Columns, plan: PixelPlan) -> N
 
 
 def _draw_redshifts(rng: np.random.Generator, cat: Columns) -> None:
-    """True and catalogue redshifts; BAL quasars need z >= 1.6 for CIV to be observed."""
+    """True and catalogue redshifts; BAL quasars need their troughs observed (anomalies.MIN_Z)."""
     n, role, anomaly = len(cat["role"]), cat["role"], cat["anomaly"]
     qso_like = np.isin(role, QSO_ROLES)
-    z = np.where(qso_like, draw_qso_z(rng, n, np.where(anomaly == "bal", 1.6, 0.3)), 0.0)
+    zmin = np.select([anomaly == name for name in MIN_Z], list(MIN_Z.values()), 0.3)
+    z = np.where(qso_like, draw_qso_z(rng, n, zmin), 0.0)
     is_galaxy = role == "galaxy"
     z = np.where(cat["is_elg"], rng.uniform(0.6, 1.6, n), np.where(is_galaxy, rng.uniform(0.4, 1.0, n), z))
     is_star = np.isin(role, ("star", "star_as_qso"))
@@ -134,12 +143,14 @@ def _draw_redshifts(rng: np.random.Generator, cat: Columns) -> None:
     z = np.where(is_star, rv / C_KMS, z)
     z_cat = z + rng.normal(0.0, 3e-4, n) * (1 + z) * qso_like
     details = np.full(n, "", dtype=object)
-    wrong = anomaly == "wrong_redshift"
-    z_cat[wrong], details[wrong] = wrong_redshift(z[wrong], cat["strength"][wrong], rng)
+    wrong = anomaly == "wrong_z"
+    z_cat[wrong], details[wrong] = wrong_z(z[wrong], cat["strength"][wrong], rng)
     fake = role == "star_as_qso"
     z_cat[fake] = draw_qso_z(rng, int(fake.sum()), 0.5)
-    details[fake] = [f"star_z_rr={zc:.3f}" for zc in z_cat[fake]]
-    cat.update(z=z, z_cat=z_cat, rv=rv, details=details, star_which=_draw_star_types(rng, n, role))
+    star_which = _draw_star_types(rng, n, role)
+    star_which[fake], kinds = star_as_qso_types(rng, cat["strength"][fake])
+    details[fake] = [f"{k} z_rr={zc:.3f}" for k, zc in zip(kinds, z_cat[fake], strict=True)]
+    cat.update(z=z, z_cat=z_cat, rv=rv, details=details, star_which=star_which)
 
 
 #: r-band number counts per (program, kind): brightest and faintest magnitude, log-count slope. Dark:
@@ -157,10 +168,8 @@ MAGNITUDES = {
 
 
 def _draw_magnitudes(rng: np.random.Generator, cat: Columns, program: str) -> None:
-    """r magnitudes from MAGNITUDES by kind of object; ZWARN failures at the faint end.
-
-    A star labelled QSO is subtle when faint (r = 22.5) and obvious when bright (r = 19.5).
-    """
+    """r magnitudes from MAGNITUDES by kind of object; ZWARN failures at the faint end. Every quasar
+    target, anomalous or not (a star labelled QSO included), has the quasars' distribution."""
     n, role = len(cat["role"]), cat["role"]
     kind = np.select(
         [role == "star", (role == "galaxy") & cat["is_elg"], role == "galaxy"], ["star", "elg", "lrg"], "qso"
@@ -168,12 +177,11 @@ def _draw_magnitudes(rng: np.random.Generator, cat: Columns, program: str) -> No
     rmag = np.zeros(n)
     for name in ("qso", "star", "lrg", "elg"):
         rmag = np.where(kind == name, draw_mag(rng, n, *MAGNITUDES[program, name]), rmag)
-    rmag = np.where(role == "qso_zwarn", rng.uniform(22.6, 23.3, n), rmag)
-    cat["rmag"] = np.where(role == "star_as_qso", 22.5 - 3.0 * np.nan_to_num(cat["strength"]), rmag)
+    cat["rmag"] = np.where(role == "qso_zwarn", rng.uniform(22.6, 23.3, n), rmag)
 
 
 def _draw_star_types(rng: np.random.Generator, n: int, role: np.ndarray) -> np.ndarray:
-    """Stellar archetype per row: stars selected as QSO targets are mostly F/G/K, some A/WD/M."""
+    """Stellar archetype per star row: stars selected as QSO targets are mostly F/G/K, some A/WD/M."""
     types = templates()["star_type"]
     weight = np.select([types == t for t in ("A", "F", "G", "K", "M", "WD")], [1.0, 3.0, 3.0, 2.0, 1.0, 1.0])
     which = rng.choice(len(types), n, p=weight / weight.sum())
@@ -244,19 +252,22 @@ def _draw_exposures(rng: np.random.Generator, cat: Columns, plan: PixelPlan, exp
     }
 
 
-def _noiseless_models(rng: np.random.Generator, cat: Columns, program: str) -> np.ndarray:
-    """Observed-frame noiseless spectra on BRZ_WAVE in 1e-17 erg/s/cm2/Å, Milky Way dust included."""
+def _noiseless_models(rng: np.random.Generator, cat: Columns, program: str, settings: DemoSettings) -> np.ndarray:
+    """Observed-frame noiseless spectra on BRZ_WAVE in 1e-17 erg/s/cm2/Å, Milky Way dust included;
+    quasars seen through their absorbers (``cat["absorbers"]`` describes them)."""
     n = len(cat["role"])
     role, anomaly, strength = cat["role"], cat["anomaly"], cat["strength"]
     model = np.zeros((n, BRZ_WAVE.size))
 
     qso = np.isin(role, QSO_ROLES)
-    params = quasar_params(rng, cat["z"][qso])
+    params = quasar_params(rng, cat["z"][qso], cat["rmag"][qso])
     for name, inject in INTRINSIC_ANOMALIES.items():
         sel = anomaly[qso] == name
         if sel.any():
             cat["details"][np.flatnonzero(qso)[sel]] = inject(params, sel, strength[qso][sel], rng)
-    model[qso] = quasar_spectra(rng, cat["z"][qso], params)
+    cat["absorbers"] = np.full(n, "", dtype=object)
+    transmission, cat["absorbers"][qso] = line_of_sight(rng, cat["z"][qso], settings)
+    model[qso] = quasar_spectra(rng, cat["z"][qso], params) * transmission
 
     gal = role == "galaxy"
     model[gal] = galaxy_spectra(rng, cat["z"][gal], cat["is_elg"][gal])
@@ -265,11 +276,12 @@ def _noiseless_models(rng: np.random.Generator, cat: Columns, program: str) -> n
 
     has_flux = qso | gal | star
     model[has_flux] = scale_to_rmag(model[has_flux], cat["rmag"][has_flux])
-    sup = anomaly == "superposed"
+    sup = anomaly == "superposition"
     if sup.any():
-        model[sup], cat["details"][sup] = superposed(rng, model[sup], cat["z"][sup], strength[sup])
+        model[sup], cat["details"][sup] = superposition(rng, model[sup], cat["z"][sup], strength[sup])
     src = cat["dup_source"] >= 0
     model[src] = model[cat["dup_source"][src]]
+    cat["absorbers"][src] = cat["absorbers"][cat["dup_source"][src]]
     model *= 10 ** (-0.4 * cat["ebv_mw"][:, None] * ccm_extinction(BRZ_WAVE)[None, :])
 
     for band in BANDS:
@@ -286,9 +298,9 @@ def _corrupt_rows(rng: np.random.Generator, cat: Columns, arms: Arms) -> None:
         a["flux"][empty] = 0.0
         a["ivar"][empty] = 0.0
         a["mask"][empty] = 0
-    art = np.flatnonzero(cat["anomaly"] == "calibration_artefact")
+    art = np.flatnonzero(cat["anomaly"] == "artifact")
     if art.size:
-        cat["details"][art] = calibration_artefact(arms, art, cat["strength"][art], rng)
+        cat["details"][art] = artifact(arms, art, cat["strength"][art], rng)
     for row in np.flatnonzero(role == "nonfinite"):
         good = np.flatnonzero((arms["R"]["ivar"][row] > 0) & (arms["R"]["mask"][row] == 0))
         arms["R"]["flux"][row, rng.choice(good, 5, replace=False)] = np.nan

@@ -11,14 +11,15 @@ from qad_assets.errors import UserError
 
 # ---- release composition -------------------------------------------------------------------------
 ANOMALY_CLASSES = (
-    "bal",
-    "reddened",
-    "weak_lines",
-    "wrong_redshift",
-    "superposed",
+    "weak_line",
+    "artifact",
+    "hibal",
+    "lobal",
+    "superposition",
     "star_as_qso",
     "extreme_lines",
-    "calibration_artefact",
+    "wrong_z",
+    "reddened",
 )
 #: fraction of a pixel's rows per non-quasar role (at least one each); normal quasars fill the rest
 ROLE_FRACTIONS = {
@@ -69,20 +70,21 @@ class PixelPlan:
 def plan_release(n_pixels: int, n_rows: int, anomaly_fraction: float, seed: int) -> list[PixelPlan]:
     """Decide every row's role, anomaly class and strength.
 
-    Anomaly classes cycle over the release, so every class is present once there are eight
-    anomalies; within a class the strengths are spread evenly from subtle (0.1) to obvious (1)
-    and shuffled over the pixels.
+    ``anomaly_fraction`` of a pixel's quasar targets (the rows not in ROLE_FRACTIONS: normal and anomalous
+    quasars, stars labelled QSO, the few broken rows) are anomalies. Anomaly classes cycle over the
+    release, so every class is present once there are nine anomalies; within a class the strengths are
+    spread evenly from subtle (0.1) to obvious (1) and shuffled over the pixels.
     """
     rng = np.random.default_rng([seed, 2**32])
-    n_anom = round(anomaly_fraction * n_rows)
     units = [[code] for code, count in QUARANTINE_ROWS.items() if code != "duplicate_targetid" for _ in range(count)]
     units += [["duplicate_targetid"] * 2 for _ in range(QUARANTINE_ROWS["duplicate_targetid"] // 2)]
+    fixed = {role: max(1, round(frac * n_rows)) for role, frac in ROLE_FRACTIONS.items()}
+    n_anom = round(anomaly_fraction * max(n_rows - sum(fixed.values()), 0))
     cls_of = np.arange(n_anom * n_pixels) % len(ANOMALY_CLASSES)
     strength_all = np.zeros(cls_of.size)
     for c in range(len(ANOMALY_CLASSES)):
         members = np.flatnonzero(cls_of == c)
         strength_all[members] = 0.1 + 0.9 * (rng.permutation(members.size) + 0.5) / members.size
-    fixed = {role: max(1, round(frac * n_rows)) for role, frac in ROLE_FRACTIONS.items()}
     plans = []
     for i in range(n_pixels):
         program = "bright" if n_pixels >= 2 and i == n_pixels - 1 else "dark"

@@ -20,13 +20,24 @@ DATA_DIR = Path(__file__).parent / "data"
 # ---- astrophysics constants ----------------------------------------------------------------------
 LYA, LYB, LYG, LYLIMIT = 1215.67, 1025.72, 972.54, 911.75
 QSOGEN = {"plslp1": -0.349, "plslp2": 0.593, "plbrk1": 3880.0, "plstep": -1.0, "plbrk3": 1200.0}
+#: qsogen's luminosity dependence (config.py of Temple et al. 2021): emission-line type
+#: (M_i − BENORM)·BESLOPE, the Baldwin effect and the C IV blueshift in one; host fraction FRAGAL of the
+#: 4000–5000 Å light at M_i = −23, scaling as L^(GPLIND − 1)
+BESLOPE, BENORM, FRAGAL, GPLIND = 0.183, -27.0, 0.244, 0.684
+LINE_TYPE_SCATTER = 0.4  # line type at fixed luminosity (Rankine et al. 2020: a wide C IV space at any L)
+#: extra Baldwin effect on every EW, ∝ L^-BALDWIN_SLOPE around M_i = BENORM: with qsogen's line type, C IV
+#: falls as about L^-0.15 (Dietrich et al. 2002: -0.20; Bian et al. 2012: -0.17)
+BALDWIN_SLOPE = 0.1
+LINE_WIDTHS_KMS = (0.0, 1000.0, 2000.0)  # extra Gaussian broadening of the line templates, σ
+H0_KMS_MPC, OMEGA_M = 70.0, 0.3
 QSO_Z_PDF = (  # (z, relative density): DESI-like, peaking at z ~ 1.5-2.5
     np.array([0.3, 0.6, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]),
     np.array([0.25, 0.55, 0.85, 1.0, 1.0, 0.8, 0.4, 0.15, 0.04]),
 )
 FOREST_SIGMA = 1.4  # lognormal width of the Lyα optical depth
 FOREST_SMOOTH_PIX = 1.0  # correlation length of the forest field (~60 km/s per pixel)
-BAL_LINES = np.array([(1549.06, 1.0), (1396.76, 0.7), (1240.14, 0.8)])  # CIV, SiIV, NV: (Å, depth)
+BAL_LINES = np.array([(1549.06, 1.0), (1396.76, 0.7), (1240.14, 0.8), (1215.67, 0.5)])  # CIV, SiIV, NV, Lyα
+LOBAL_LINES = np.array([(2798.75, 0.8), (1857.40, 0.7), (1670.79, 0.5)])  # Mg II, Al III, Al II: (Å, depth)
 NEBULAR_LINES = np.array(  # vacuum Å, flux relative to the [OII] doublet
     [
         (3727.09, 0.45),
@@ -82,22 +93,58 @@ def _qso_continuum(rest_wave: np.ndarray, dslope: np.ndarray) -> np.ndarray:
     return np.exp(log_fnu + (np.asarray(dslope)[:, None] - 2.0) * lw)
 
 
-def _qso_line_ratio(rest_wave: np.ndarray, line_type: np.ndarray, line_scale: np.ndarray) -> np.ndarray:
+@lru_cache(maxsize=1)
+def _broadened_lines() -> dict[str, np.ndarray]:
+    """qsogen's median, high-EW and high-blueshift line templates, each broadened by LINE_WIDTHS_KMS
+    (Gaussian in velocity, flux kept), as (n_widths, n_wave) on the template grid."""
+    t = templates()
+    wave = t["qsogen_wave"]
+    step = 1e-4  # ln λ, 30 km/s: finer than the template anywhere
+    grid = np.exp(np.arange(np.log(wave[0]), np.log(wave[-1]), step))
+    out = {}
+    for name in ("qsogen_median", "qsogen_high_ew", "qsogen_high_blueshift"):
+        fine = np.interp(grid, wave, t[name])
+        out[name] = np.array(
+            [np.interp(wave, grid, gaussian_filter1d(fine, max(v / C_KMS / step, 1e-3))) for v in LINE_WIDTHS_KMS]
+        )
+    return out
+
+
+def _qso_line_ratio(rest_wave: np.ndarray, p: Columns) -> np.ndarray:
     """Emission lines over continuum (qsogen EW scaling).
 
     ``line_type`` > 0 moves towards the strong, peaky high-EW template, < 0 towards the weak,
-    blueshifted one (qsogen ``emline_type``); ``line_scale`` multiplies every equivalent width.
+    blueshifted one (qsogen ``emline_type``); ``line_scale`` multiplies every equivalent width;
+    ``line_width`` in [0, 2] broadens the lines by up to LINE_WIDTHS_KMS[-1].
     """
     t = templates()
     wave = t["qsogen_wave"]
-    med = np.interp(rest_wave, wave, t["qsogen_median"], left=0.0, right=0.0)
-    high_ew = np.interp(rest_wave, wave, t["qsogen_high_ew"], left=0.0, right=0.0)
-    blue = np.interp(rest_wave, wave, t["qsogen_high_blueshift"], left=0.0, right=0.0)
+    lines = _broadened_lines()
+    pos = np.clip(p["line_type"], 0, None)[:, None]
+    neg = np.clip(-p["line_type"], 0, None)[:, None]
+    width_weight = np.clip(1 - np.abs(p["line_width"][None, :] - np.arange(len(LINE_WIDTHS_KMS))[:, None]), 0, 1)
+    total = np.zeros(rest_wave.shape)
+    for k in range(len(LINE_WIDTHS_KMS)):
+        if not width_weight[k].any():
+            continue
+        med = np.interp(rest_wave, wave, lines["qsogen_median"][k], left=0.0, right=0.0)
+        high_ew = np.interp(rest_wave, wave, lines["qsogen_high_ew"][k], left=0.0, right=0.0)
+        blue = np.interp(rest_wave, wave, lines["qsogen_high_blueshift"][k], left=0.0, right=0.0)
+        total += width_weight[k][:, None] * (med + pos * (high_ew - med) + neg * (blue - med))
     cont = np.interp(rest_wave, wave, t["qsogen_continuum"])
-    pos = np.clip(line_type, 0, None)[:, None]
-    neg = np.clip(-line_type, 0, None)[:, None]
-    lines = med + pos * (high_ew - med) + neg * (blue - med)
-    return line_scale[:, None] * lines / cont
+    return p["line_scale"][:, None] * total / cont
+
+
+def absolute_mag(rmag: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """M_i(z = 2), SDSS DR16Q's convention, from r: flat ΛCDM (H0 = 70, Ωm = 0.3), an f_ν ∝ ν^-0.5
+    K-correction normalised at z = 2 (Richards et al. 2006), r − i ≈ 0.15 (typical quasar colour)."""
+    zg = np.linspace(0.0, 6.0, 601)
+    inv_e = 1 / np.sqrt(OMEGA_M * (1 + zg) ** 3 + 1 - OMEGA_M)
+    comoving = np.concatenate([[0.0], np.cumsum(0.5 * (inv_e[1:] + inv_e[:-1]) * np.diff(zg))]) * C_KMS / H0_KMS_MPC
+    d_l = np.interp(z, zg, comoving) * (1 + np.asarray(z))  # Mpc
+    distance_modulus = 5 * np.log10(np.maximum(d_l, 1e-3) * 1e5)
+    k_correction = -2.5 * 0.5 * np.log10((1 + np.asarray(z)) / 3.0)
+    return np.asarray(rmag) - 0.15 - distance_modulus - k_correction
 
 
 def tau_eff_lya(z: np.ndarray) -> np.ndarray:
@@ -153,18 +200,26 @@ def ccm_extinction(wave: np.ndarray, r_v: float = 3.1) -> np.ndarray:
     return r_v * a + b
 
 
-def quasar_params(rng: np.random.Generator, z: np.ndarray) -> Columns:
-    """Per-quasar continuum slope, line family and strength, host fraction; no dust, no BAL."""
+def quasar_params(rng: np.random.Generator, z: np.ndarray, rmag: np.ndarray) -> Columns:
+    """Per-quasar continuum slope, line family, strength and width, host fraction; no dust, no BAL.
+
+    The line family follows luminosity as in qsogen (Baldwin effect, C IV blueshift and asymmetry
+    growing with L) with LINE_TYPE_SCATTER at fixed L; the host (z < 1) scales as qsogen's.
+    """
     n = len(z)
+    m_i = absolute_mag(rmag, z)
+    host = FRAGAL / (1 - FRAGAL) * (10 ** (-0.4 * (m_i + 23.0))) ** (GPLIND - 1)
     return {
         "dslope": rng.normal(0.0, 0.3, n),
-        "line_type": np.clip(rng.normal(0.0, 0.5, n), -1.5, 2.0),
-        "line_scale": 0.9936 * rng.lognormal(0.0, 0.2, n),
-        "host_frac": np.where(z < 1.0, rng.uniform(0.0, 0.4, n), 0.0),
+        "line_type": np.clip(BESLOPE * (m_i - BENORM) + rng.normal(0.0, LINE_TYPE_SCATTER, n), -2.0, 3.0),
+        "line_scale": 0.9936 * rng.lognormal(0.0, 0.2, n) * 10 ** (0.4 * BALDWIN_SLOPE * (m_i - BENORM)),
+        "line_width": rng.uniform(0.0, len(LINE_WIDTHS_KMS) - 1.0, n),
+        "host_frac": np.where(z < 1.0, host / (1 + host), 0.0),
         "ebv": np.zeros(n),
         "bal_depth": np.zeros(n),
         "bal_vmin": np.zeros(n),
         "bal_width": np.zeros(n),
+        "lobal": np.zeros(n, dtype=bool),
     }
 
 
@@ -172,28 +227,33 @@ def quasar_spectra(rng: np.random.Generator, z: np.ndarray, p: Columns) -> np.nd
     """Observed-frame quasar shapes on BRZ_WAVE (arbitrary normalisation), shape (n, 7781)."""
     rest = BRZ_WAVE[None, :] / (1 + z[:, None])
     cont = _qso_continuum(rest, p["dslope"])
-    flux = cont * (1 + _qso_line_ratio(rest, p["line_type"], p["line_scale"]))
+    flux = cont * (1 + _qso_line_ratio(rest, p))
     host_at_4400 = _interp_star(np.array([_star_index("K")]), np.array([[4400.0]]))[0, 0]
     qso_at_4400 = _qso_continuum(np.array([[4400.0]]), p["dslope"])[:, 0]
     host_norm = p["host_frac"] / (1 - p["host_frac"]) * qso_at_4400 / host_at_4400
     flux += host_norm[:, None] * _interp_star(np.full(len(z), _star_index("K")), rest)
     flux *= 10 ** (-0.4 * p["ebv"][:, None] * smc_extinction(rest))
-    flux *= _bal_transmission(rest, p["bal_depth"], p["bal_vmin"], p["bal_width"])
+    flux *= _bal_transmission(rest, p)
     return np.clip(flux, 0.0, None) * _igm_transmission(rng, BRZ_WAVE, z)
 
 
-def _bal_transmission(rest: np.ndarray, depth: np.ndarray, vmin: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """Broad absorption troughs blueward of CIV, SiIV and NV: smooth-edged boxes in velocity."""
+def _bal_transmission(rest: np.ndarray, p: Columns) -> np.ndarray:
+    """Broad absorption troughs: smooth-edged boxes in outflow velocity blueward of C IV, Si IV, N V and
+    Lyα (HiBAL), and of Mg II, Al III and Al II as well for a LoBAL (``lobal``), each line at its
+    relative depth times ``bal_depth``."""
     trans = np.ones_like(rest)
-    has = depth > 0
+    has = p["bal_depth"] > 0
     if not has.any():
         return trans
     r = rest[has]
-    vlo, vhi, d = vmin[has, None], (vmin + width)[has, None], depth[has, None]
-    for line, rel_depth in BAL_LINES:
-        v = C_KMS * (1 - r / line)
-        profile = expit((v - vlo) / 300.0) * expit((vhi - v) / 300.0)
-        trans[has] *= 1 - rel_depth * d * profile
+    vlo, d = p["bal_vmin"][has, None], p["bal_depth"][has, None]
+    vhi = vlo + p["bal_width"][has, None]
+    low = p["lobal"][has, None]
+    for lines, on in ((BAL_LINES, True), (LOBAL_LINES, low)):
+        for line, rel_depth in lines:
+            v = C_KMS * (1 - r / line)
+            profile = expit((v - vlo) / 300.0) * expit((vhi - v) / 300.0)
+            trans[has] *= 1 - rel_depth * d * profile * on
     return trans
 
 
