@@ -54,9 +54,10 @@ def test_blocking_and_warning_checks() -> None:
         "median_flux_in_band": False,
         "coverage": False,
     }
-    assert checks_of("vae_model") == {"loss_decreased": True, "val_reduced_chi2": True}
+    # the model's quality gate and the promotion checks decide, they never stop a release from being scored
+    assert checks_of("vae_model") == {"beats_pca": False, "noise_calibrated": False, "loss_decreased": False}
     assert checks_of("anomaly_scores") == {"one_row_per_spectrum": True, "finite_scores": True}
-    assert checks_of("validation_report") == {"injection_auroc_floor": True, "not_worse_than_pca": True}
+    assert checks_of("validation_report") == {"injection_auroc_floor": False, "not_worse_than_pca": False}
 
 
 def test_jobs_schedules_sensors_and_resources() -> None:

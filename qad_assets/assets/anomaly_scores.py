@@ -1,7 +1,6 @@
 """``anomaly_scores``: every quasar of a partition scored by the release's VAE, explained and ranked."""
 
 from functools import partial
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -13,7 +12,7 @@ from qad_assets.assets.raw_spectra import PARTITION_RETRY, SPECTRA_BACKFILL
 from qad_assets.assets.vae_model import vae_model
 from qad_assets.partitions import release_of, spectra_partitions
 from qad_assets.science.io.parquet_store import read_table, row_count
-from qad_assets.science.model.package import current_package, read_registration
+from qad_assets.science.model.choice import choose_model
 from qad_assets.science.partition_steps import rank_release, score_partition
 from resources.gpu import GpuResource
 from resources.k8s import K8S_GPU_TAGS
@@ -30,23 +29,9 @@ CHECKS: CheckTable = {
 class ScoringConfig(dg.Config):
     model: str = Field(
         default="",
-        description="empty: the version vae_model trained for the release; else an alias (champion) or a version",
+        description="empty: the release's own model if it passed its gate, else the champion, else the release's "
+        "own model unpromoted; or an alias (champion) or a version",
     )
-
-
-def resolve_model(
-    reference: str, release: str, storage: StorageResource, mlflow: MlflowResource
-) -> tuple[Path, str, bool]:
-    """(model package, registered version, whether the model was trained on this release)."""
-    release_dir = storage.asset_dir("vae_model", release)
-    if not reference:
-        package = current_package(release_dir)
-        return package, read_registration(package)["version"], True
-    own = read_registration(current_package(release_dir))["version"] if (release_dir / "current").exists() else None
-    registry = mlflow.registry()
-    version = registry.version_for(reference)
-    download = storage.asset_dir("anomaly_scores", release) / f".download-v{version}"
-    return registry.download_model_dir(version, download), version, version == own
 
 
 @dg.asset(
@@ -69,23 +54,37 @@ def anomaly_scores(
     gpu: GpuResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Reduced χ², ELBO terms, latent density, one S/N-calibrated ``anomaly_score`` with its p-value, the
-    region and arm that explain it, the model version, and the rank within the release.
+    """Every score component, standardised against S/N, their combination ``anomaly_score`` with its
+    p-value, the component, region and arm that explain it, the model version and why it scored
+    (``model_status``), and the rank within the release. Which model scores: see
+    :func:`~qad_assets.science.model.choice.choose_model`.
     """
     device_choice = gpu.choice()
     device = str(device_choice.torch_device())
     releases = sorted({release_of(key) for key in context.partition_keys})
-    models = {release: resolve_model(config.model, release, storage, mlflow) for release in releases}
+    registry = mlflow.registry()
+    models = {
+        release: choose_model(
+            storage.asset_dir("vae_model", release),
+            registry,
+            storage.asset_dir("anomaly_scores", release) / ".models",
+            config.model,
+        )
+        for release in releases
+    }
+    for release, choice in models.items():
+        context.log.info(f"{release}: scored by qad-vae v{choice.version} ({choice.status}): {choice.reason}")
 
     def step_for(key: str):
-        package, version, own = models[release_of(key)]
+        choice = models[release_of(key)]
         return partial(
             score_partition,
             storage.partition_file("normalized_spectra", key),
             out=storage.partition_file("anomaly_scores", key),
-            package=package,
-            model_version=version,
-            trained_on_release=own,
+            package=choice.package,
+            model_version=choice.version,
+            model_status=choice.status,
+            trained_on_release=choice.trained_on_release,
             device=device,
         )
 
@@ -108,7 +107,10 @@ def anomaly_scores(
     return dg.MaterializeResult(
         metadata={
             **stage_metadata(summaries),
-            "model_versions": dg.MetadataValue.json({r: m[1] for r, m in models.items()}),
+            "model_versions": dg.MetadataValue.json({r: m.version for r, m in models.items()}),
+            "model_choice": dg.MetadataValue.json(
+                {r: {"version": m.version, "status": m.status, "reason": m.reason} for r, m in models.items()}
+            ),
             "ranked_spectra_per_release": dg.MetadataValue.json(ranked),
             **device_choice.describe(),
         },

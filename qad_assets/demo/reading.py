@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from qad_assets.demo.release import DemoRelease
-from qad_assets.science.io.parquet_store import read_table
+from qad_assets.science.io.parquet_store import SPECTRUM_COLUMNS, read_table
 from qad_assets.science.io.spectra_file import read_spectra_file
 from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.normalization import normalized_table
@@ -24,4 +24,4 @@ def read_demo_spectra(demo: DemoRelease) -> tuple[Spectra, np.ndarray]:
     truth = read_table(demo.truth_path, columns=["TARGETID", "anomaly_class"])
     class_of = dict(zip(truth["TARGETID"].to_pylist(), truth["anomaly_class"].to_pylist(), strict=True))
     classes = np.asarray([class_of[t] or "" for t in table["TARGETID"].to_pylist()])
-    return Spectra.from_table(table, REST_GRID.wave), classes
+    return Spectra.from_table(table, REST_GRID.wave, columns=SPECTRUM_COLUMNS), classes

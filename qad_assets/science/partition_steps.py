@@ -16,9 +16,10 @@ import pyarrow as pa
 
 from qad_assets.science.io.archive import HealpixCoadd
 from qad_assets.science.io.fits_headers import fibermap_rows
-from qad_assets.science.io.parquet_store import read_table, write_table_atomic
+from qad_assets.science.io.parquet_store import SPECTRUM_COLUMNS, read_table, write_table_atomic
 from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA, read_spectra_file
 from qad_assets.science.model.package import SCORE_COLUMNS, ModelPackage
+from qad_assets.science.model.scoring import COMPONENTS
 from qad_assets.science.spectra import ledger
 from qad_assets.science.spectra.container import Spectra, list_to_numpy, numpy_to_list
 from qad_assets.science.spectra.features import Backend, spectral_features
@@ -141,32 +142,67 @@ def feature_partition(normalized: Path, *, out: Path, backend: Backend = "polars
     return StepSummary(n, n, 0, 0, seconds=time.perf_counter() - start, output=str(out))
 
 
+def anomaly_scores_schema(latent_dim: int) -> pa.Schema:
+    """Columns of an ``anomaly_scores`` partition (docs/data_model.md), for a model of ``latent_dim``."""
+    text = {"top_component", "top_region", "worst_arm"}
+    return pa.schema(
+        [
+            ("TARGETID", pa.int64()),
+            ("Z", pa.float64()),
+            ("snr", pa.float64()),
+            ("reduced_chi2", pa.float64()),
+            ("chi2", pa.float64()),
+            ("n_obs", pa.int64()),
+            ("kl", pa.float64()),
+            ("neg_elbo", pa.float64()),
+            ("latent_nll", pa.float64()),
+            *[(name, pa.string() if name in text else pa.float64()) for name in SCORE_COLUMNS[6:]],
+            *[(f"z_{name}", pa.float64()) for name in COMPONENTS],
+            ("latent", pa.list_(pa.float32(), latent_dim)),
+            ("rank", pa.int64()),
+            ("model_version", pa.string()),
+            ("model_status", pa.string()),
+        ]
+    )
+
+
 def score_partition(
-    normalized: Path, *, out: Path, package: Path, model_version: str, trained_on_release: bool, device: str = "cpu"
+    normalized: Path,
+    *,
+    out: Path,
+    package: Path,
+    model_version: str,
+    model_status: str,
+    trained_on_release: bool,
+    device: str = "cpu",
 ) -> StepSummary:
     """``normalized_spectra`` Parquet → ``anomaly_scores`` Parquet with the model package ``package``.
 
-    ``rank`` is written as null here and filled release-wide by :func:`rank_release`.
+    ``model_status`` says why this model scored (``challenger``, ``champion``, ``unpromoted``) and goes
+    on every row; ``rank`` is written as null here and filled release-wide by :func:`rank_release`. An
+    empty partition gets an empty table of the same schema.
     """
     start = time.perf_counter()
     model = ModelPackage.load(package, version=model_version, device=device)
-    table = read_table(normalized, NORMALIZED_SCHEMA, columns=["TARGETID", "Z", "flux", "ivar"])
-    spectra = Spectra.from_table(table, REST_GRID.wave)
+    table = read_table(normalized, NORMALIZED_SCHEMA, columns=["TARGETID", "Z", *SPECTRUM_COLUMNS, "flux", "ivar"])
+    spectra = Spectra.from_table(table, REST_GRID.wave, columns=SPECTRUM_COLUMNS)
+    schema = anomaly_scores_schema(model.config.latent_dim)
+    n = len(spectra)
+    if n == 0:
+        write_table_atomic(schema.empty_table(), out)
+        return StepSummary(0, 0, 0, 0, seconds=time.perf_counter() - start, output=str(out))
     scores = model.score(spectra, from_training_release=trained_on_release)
-    latent = scores["latent_mean"].astype(np.float32)
-    z = spectra.z
-    columns = {
-        "TARGETID": pa.array(spectra.targetid, pa.int64()),
-        "Z": pa.array(z),
-        "snr": pa.array(scores["snr"]),
-        **{name: pa.array(scores[name]) for name in SCORE_COLUMNS},
-        "anomaly_score": pa.array(scores["anomaly_score"], pa.float64()),
-        "latent": numpy_to_list(latent),
-        "rank": pa.nulls(len(z), pa.int64()),
-        "model_version": pa.array([model_version] * len(z), pa.string()),
+    values = {
+        "TARGETID": spectra.targetid,
+        "Z": spectra.z,
+        **{name: scores[name] for name in ("snr", *SCORE_COLUMNS)},
+        **{f"z_{name}": scores[f"z_{name}"] for name in COMPONENTS},
+        "latent": numpy_to_list(scores["latent_mean"].astype(np.float32)),
+        "rank": pa.nulls(n, pa.int64()),
+        "model_version": [model_version] * n,
+        "model_status": [model_status] * n,
     }
-    write_table_atomic(pa.table(columns), out)
-    n = len(z)
+    write_table_atomic(pa.table({f.name: pa.array(values[f.name], f.type) for f in schema}, schema=schema), out)
     return StepSummary(n, n, 0, 0, seconds=time.perf_counter() - start, output=str(out))
 
 

@@ -66,6 +66,7 @@ class SpectrumScore(BaseModel):
     kl: float | None
     neg_elbo: float | None
     latent_nll: float | None
+    top_component: str = Field(description="score component that drove the score (e.g. 'trough', 'weak_lines')")
     top_region: str = Field(description="rest-frame region with the largest excess χ² (e.g. 'civ')")
     top_region_share: float | None
     worst_arm: str = Field(description="DESI arm (b, r, z) with the largest excess χ²")

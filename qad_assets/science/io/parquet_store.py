@@ -74,15 +74,21 @@ def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.cast(target)
 
 
+#: Per-spectrum columns of ``normalized_spectra`` that scoring uses besides the spectrum itself.
+SPECTRUM_COLUMNS = ("scale", "spike_pull")
+
+
 def read_spectra(paths: Sequence[Path], *, max_rows: int, wave: np.ndarray) -> Spectra:
-    """The first ``max_rows`` spectra of ``normalized_spectra`` files (in path order) on the grid ``wave``:
-    bounded memory on any release.
+    """The first ``max_rows`` spectra of ``normalized_spectra`` files (in path order) on the grid ``wave``,
+    with their :data:`SPECTRUM_COLUMNS`: bounded memory on any release.
     """
     tables, rows = [], 0
     for path in paths:
         if rows >= max_rows:
             break
-        table = read_table(path, columns=["TARGETID", "Z", "flux", "ivar"]).slice(0, max_rows - rows)
-        tables.append(table)
-        rows += table.num_rows
-    return Spectra.from_table(pa.concat_tables(tables), wave) if tables else Spectra.empty(wave)
+        table = read_table(path, columns=["TARGETID", "Z", *SPECTRUM_COLUMNS, "flux", "ivar"])
+        tables.append(table.slice(0, max_rows - rows))
+        rows += tables[-1].num_rows
+    if not tables:
+        return Spectra.empty(wave)
+    return Spectra.from_table(pa.concat_tables(tables), wave, columns=SPECTRUM_COLUMNS)

@@ -7,7 +7,7 @@ Choices and figures: ``docs/scoring.md``. Plain numpy, no Dagster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ MIN_SNR = 0.1
 #: Fewest held-out spectra that can calibrate a score (median and width against S/N, then a p-value).
 MIN_CALIBRATION_ROWS = 20
 _MAD_TO_SIGMA = 1.4826
+_NORMAL_Q90 = 1.2816
 
 
 def log_snr(snr: np.ndarray) -> np.ndarray:
@@ -34,13 +35,17 @@ class SnrCalibration:
     held at its end value (noise alone sets a χ²-like score there, whatever the S/N). The width is
     ``exp(line in x)``, fitted to log(1.4826·|residual|) by least absolute deviations (so it is the
     MAD at every x, stays positive and can grow tenfold over the S/N range, as a χ² spread does),
-    held constant beyond the range and floored.
+    held constant beyond the range and floored. Above the median, values are further divided by
+    ``upper_scale``, the 90th percentile of the standardised calibration values over a normal
+    distribution's: scores with a heavy upper tail (a maximum over many windows, a latent density) then
+    reach a given z as rarely as a Gaussian one does, so that combined they compete on equal terms.
     """
 
     median_coef: tuple[float, ...]  # numpy.polynomial order: c0 + c1·x + c2·x²
     log_width_coef: tuple[float, ...]
     x_range: tuple[float, float]
     min_width: float
+    upper_scale: float = 1.0
 
     def median(self, x: np.ndarray) -> np.ndarray:
         lo, hi = self.x_range
@@ -55,7 +60,8 @@ class SnrCalibration:
     def standardise(self, values: np.ndarray, snr: np.ndarray) -> np.ndarray:
         """``(value − median(S/N)) / width(S/N)``: 0 is a typical normal spectrum of that S/N."""
         x = log_snr(snr)
-        return (np.asarray(values, np.float64) - self.median(x)) / self.width(x)
+        z = (np.asarray(values, np.float64) - self.median(x)) / self.width(x)
+        return np.where(z > 0, z / self.upper_scale, z)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +69,7 @@ class SnrCalibration:
             "log_width_coef": list(self.log_width_coef),
             "x_range": list(self.x_range),
             "min_width": self.min_width,
+            "upper_scale": self.upper_scale,
         }
 
     @classmethod
@@ -72,6 +79,7 @@ class SnrCalibration:
             tuple(float(c) for c in d["log_width_coef"]),
             (float(d["x_range"][0]), float(d["x_range"][1])),
             float(d["min_width"]),
+            float(d["upper_scale"]),
         )
 
 
@@ -90,7 +98,9 @@ def fit_snr_calibration(values: np.ndarray, snr: np.ndarray) -> SnrCalibration:
     spread = _MAD_TO_SIGMA * np.abs(y - np.polynomial.Polynomial(median_coef)(x))
     min_width = 0.01 * max(float(np.median(spread)), 1e-9)
     log_width_coef = _lad_polyfit(x, np.log(np.maximum(spread, min_width)), degree=1)
-    return SnrCalibration(tuple(median_coef), tuple(log_width_coef), (float(x.min()), float(x.max())), min_width)
+    core = SnrCalibration(tuple(median_coef), tuple(log_width_coef), (float(x.min()), float(x.max())), min_width)
+    upper = max(float(np.percentile(core.standardise(y, 10**x), 90)) / _NORMAL_Q90, 0.5)
+    return replace(core, upper_scale=upper)
 
 
 def _lad_polyfit(x: np.ndarray, y: np.ndarray, degree: int, iterations: int = 50) -> np.ndarray:
@@ -102,8 +112,3 @@ def _lad_polyfit(x: np.ndarray, y: np.ndarray, degree: int, iterations: int = 50
         weight = 1.0 / np.sqrt(np.maximum(np.abs(y - design @ coef), 1e-6 * scale))
         coef = np.linalg.lstsq(design * weight[:, None], y * weight, rcond=None)[0]
     return coef
-
-
-# --------------------------------------------------------------------------------------------------
-# Latent density
-# --------------------------------------------------------------------------------------------------

@@ -47,8 +47,3 @@ def explain(pixel_chi2: np.ndarray, observed: np.ndarray, z: np.ndarray, grid: R
         "top_region_share": np.where(has_data, share, np.nan),
         "worst_arm": np.where(has_data, np.asarray(list(ARM_EDGES))[arm], ""),
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Public entry points
-# --------------------------------------------------------------------------------------------------

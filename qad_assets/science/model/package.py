@@ -58,6 +58,7 @@ SCORE_COLUMNS = (
     "latent_nll",
     "anomaly_score",
     "p_value",
+    "top_component",
     "top_region",
     "top_region_share",
     "worst_arm",
@@ -115,11 +116,14 @@ def stage_package(release_dir: Path, package: ModelPackage) -> Path:
     return package.save(staging)
 
 
-def publish_package(release_dir: Path, staged: Path, *, version: str, run_id: str) -> Path:
-    """Register a staged package (version, run id, file hashes), rename it to ``packages/v<version>`` and
-    point ``current`` at it, in that order: the switch is one rename of a symbolic link.
+def publish_package(
+    release_dir: Path, staged: Path, *, version: str, run_id: str, gate: dict[str, Any] | None = None
+) -> Path:
+    """Register a staged package (version, run id, its quality gate, file hashes), rename it to
+    ``packages/v<version>`` and point ``current`` at it, in that order: the switch is one rename of a
+    symbolic link.
     """
-    registration = {"version": version, "mlflow_run_id": run_id, "sha256": _hashes(staged)}
+    registration = {"version": version, "mlflow_run_id": run_id, "gate": gate, "sha256": _hashes(staged)}
     write_bytes_atomic(staged / REGISTRATION_FILE, json.dumps(registration, indent=2).encode())
     final = release_dir / "packages" / f"v{version}"
     if final.exists():  # a rerun registered the same version again: replace it whole

@@ -1,27 +1,21 @@
-"""Per-spectrum anomaly scores from a trained VAE, calibrated so that they do not track S/N.
+"""Per-spectrum anomaly scores: physically distinct components, each calibrated against S/N, combined.
 
-A quasar is anomalous when the VAE, which learned what normal quasars look like, cannot reconstruct
-it, or can only with an unusual latent code. Raw goodness-of-fit numbers grow with S/N, though: the
-model is imperfect at the ~1 % level, invisible at S/N 2 and dominant at S/N 30. So every score
-component is standardised against held-out normal spectra *as a function of S/N* (its robust median
-and width, fitted against log S/N), the standardised components are summed, the sum is standardised
-once more, and a tail p-value comes from the same held-out spectra. The model fits the spectra it was
-trained on better than others (noticeably so on a small release), so those are standardised against
-the training spectra instead, when their TARGETIDs are given. Choices and measured figures:
-``docs/scoring.md``.
+A quasar is anomalous in one of several ways, and each has its own detector
+(:mod:`.components`): the VAE cannot reconstruct it (``fit``, ``coherent``, ``peak``), it sits where
+normal quasars' latent codes do not (``latent``), it has a broad absorption trough (``trough``), lines
+too weak or too strong for its luminosity (``weak_lines``, ``strong_lines``), an arm whose calibration
+jumps (``arm_step``), an isolated spike (``spikes``) or a second object's lines on the fibre
+(``foreground``). Residuals are weighed with the release's own noise model (:mod:`.noise`), so that
+sky-line residuals and model imperfection at high S/N are not anomalies.
 
-Components (higher = worse fit), all from one reconstruction per spectrum:
-
-* ``log_reduced_chi2``: χ²/(n_eff − 1) over observed pixels, Lyα forest down-weighted as in training;
-* ``coherent_chi2_8``, ``coherent_chi2_32``: residuals summed over blocks of 8 / 32 pixels (≈ 1400 /
-  5500 km/s) before squaring, ``(Σ w·r)² / Σ w`` averaged over blocks. Noise averages out in a block,
-  a physical mismatch (a trough, a line of the wrong strength, a bent continuum) adds up, so these
-  see broad features that the per-pixel χ² dilutes;
-* ``peak_chi2_8``: the largest 8-pixel block: one localized feature in an otherwise normal spectrum;
-* ``latent_nll``: −log density of the latent mean under a Gaussian mixture fitted on the training
-  spectra's latent means: a spectrum the decoder can fit, but only from an unusual place.
-
-Plain numpy/torch/scikit-learn, no Dagster. Everything scoring needs is in :class:`Scorer`, JSON-safe.
+Raw numbers still move with S/N, so every component is standardised against held-out spectra *as a
+function of S/N* (its robust median and width, :mod:`.calibration`). The standardised components
+are combined by a soft maximum, ``log Σ exp(z_k)``, so that one strong component is enough (an
+average would dilute it among the quiet ones) while several moderate ones add up; the combination is
+standardised against S/N once more and a tail p-value comes from the held-out spectra. The component
+that drove the score is reported (``top_component``). The model fits its training spectra better
+than unseen ones, so those are standardised against training spectra when their TARGETIDs are given.
+Choices and figures: ``docs/scoring.md``. Plain numpy/torch/scikit-learn, no Dagster.
 """
 
 from __future__ import annotations
@@ -36,35 +30,51 @@ import torch
 
 from qad_assets.errors import GridMismatchError, ModelPackageError, TooFewSpectraError
 from qad_assets.science.io.atomic_files import write_bytes_atomic
+from qad_assets.science.model import components as comp
 from qad_assets.science.model.calibration import MIN_CALIBRATION_ROWS, SnrCalibration, fit_snr_calibration
 from qad_assets.science.model.explanation import explain
 from qad_assets.science.model.latent_density import LatentDensity, fit_latent_density
+from qad_assets.science.model.line_strength import LineModel, fit_line_model
+from qad_assets.science.model.noise import NoiseModel, fit_noise_model, pixel_weights
 from qad_assets.science.model.split import select_rows
-from qad_assets.science.model.vae import SpectrumVAE, reconstruct
+from qad_assets.science.model.vae import Reconstruction, SpectrumVAE, reconstruct
 from qad_assets.science.spectra.container import Spectra
-from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid, grid_fingerprint
+from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid, grid_fingerprint, lya_forest_mask
 
-#: Block sizes (pixels) of the coherent-residual components: 8 ≈ 1400 km/s, 32 ≈ 5500 km/s on REST_GRID.
-COHERENT_BLOCKS = (8, 32)
-PEAK_BLOCK = 8
-COMPONENTS = ("log_reduced_chi2", "coherent_chi2_8", "coherent_chi2_32", "peak_chi2_8", "latent_nll")
-_SCORER_VERSION = 1
+COMPONENTS = (
+    "fit",
+    "coherent",
+    "peak",
+    "latent",
+    "trough",
+    "weak_lines",
+    "strong_lines",
+    "arm_step",
+    "spikes",
+    "foreground",
+)
+#: Training spectra the noise and line models are fitted on, at most (a bounded sample of a release).
+MAX_MODEL_FIT_ROWS = 10_000
+_SCORER_VERSION = 2
 
 
 @dataclass(frozen=True)
 class Scorer:
-    """What scoring needs besides the model: latent density, calibrations, reference scores.
+    """What scoring needs besides the network: the noise, latent-density and line models, the S/N
+    calibrations, and the held-out reference scores.
 
     ``calibrations`` come from the held-out spectra, ``train_calibrations`` from the training spectra
     (for scoring those: an in-sample fit is better than an out-of-sample one). Each holds one entry
-    per component and ``"anomaly_score"`` for their sum. ``reference`` holds the final scores of the
-    held-out spectra, sorted: the p-value of a score is the fraction of them at least as high (+1
-    correction).
+    per component and ``"anomaly_score"`` for their combination. ``reference`` holds the final scores
+    of the held-out spectra, sorted: the p-value of a score is the fraction of them at least as high
+    (+1 correction).
     """
 
     grid_sha256: str
     val_fraction: float
+    noise: NoiseModel
     density: LatentDensity
+    lines: LineModel
     calibrations: dict[str, SnrCalibration]
     train_calibrations: dict[str, SnrCalibration]
     reference: np.ndarray
@@ -72,8 +82,8 @@ class Scorer:
     def combine(
         self, components: dict[str, np.ndarray], snr: np.ndarray, in_training: np.ndarray | None = None
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Standardised components ``{name: z}`` and the S/N-standardised sum of them; rows flagged
-        ``in_training`` against the training spectra.
+        """Standardised components ``{name: z}`` and the S/N-standardised soft maximum of them; rows
+        flagged ``in_training`` against the training spectra.
         """
         z, score = _standardise(self.calibrations, components, snr)
         if in_training is None or not np.any(in_training):
@@ -97,7 +107,9 @@ class Scorer:
             "version": _SCORER_VERSION,
             "grid_sha256": self.grid_sha256,
             "val_fraction": self.val_fraction,
+            "noise": self.noise.to_dict(),
             "density": self.density.to_dict(),
+            "lines": self.lines.to_dict(),
             "calibrations": {name: c.to_dict() for name, c in self.calibrations.items()},
             "train_calibrations": {name: c.to_dict() for name, c in self.train_calibrations.items()},
             "reference": self.reference.tolist(),
@@ -110,7 +122,9 @@ class Scorer:
         return cls(
             grid_sha256=str(d["grid_sha256"]),
             val_fraction=float(d["val_fraction"]),
+            noise=NoiseModel.from_dict(d["noise"]),
             density=LatentDensity.from_dict(d["density"]),
+            lines=LineModel.from_dict(d["lines"]),
             calibrations={name: SnrCalibration.from_dict(c) for name, c in d["calibrations"].items()},
             train_calibrations={name: SnrCalibration.from_dict(c) for name, c in d["train_calibrations"].items()},
             reference=np.asarray(d["reference"], np.float64),
@@ -125,73 +139,42 @@ class Scorer:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-# --------------------------------------------------------------------------------------------------
-# Raw components, explanations
-# --------------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class _RawScores:
-    """Per-spectrum numbers of one batch before calibration."""
+class _Batch:
+    """One batch reconstructed and weighed: what every component is computed from."""
 
-    reduced_chi2: np.ndarray
-    chi2: np.ndarray
-    n_obs: np.ndarray
-    kl: np.ndarray
-    latent_mean: np.ndarray
-    coherent: dict[int, np.ndarray]  # block size → log mean block χ²
-    peak: np.ndarray  # log max block χ²
+    spectra: Spectra
+    rec: Reconstruction
+    weights: np.ndarray  # noise-model weights (N, P)
+    pull: np.ndarray  # (f − m)·√w
 
-    def components(self, density: LatentDensity) -> dict[str, np.ndarray]:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_reduced = np.log(self.reduced_chi2)
+    @classmethod
+    def of(cls, model: SpectrumVAE, spectra: Spectra, noise: NoiseModel, device: torch.device | str | None) -> _Batch:
+        flux = torch.tensor(spectra.flux, dtype=torch.float32)  # a copy: Arrow-backed input is read-only
+        ivar = torch.tensor(spectra.ivar, dtype=torch.float32).clamp_(min=0.0)
+        rec = reconstruct(model, flux, ivar, device=device, batch_size=max(len(spectra), 1))
+        cfg = model.config
+        forest = model.forest_mask.cpu().numpy()
+        weights = pixel_weights(spectra, rec.spectrum, noise, forest, cfg.forest_weight, cfg.forest_sigma)
+        return cls(spectra, rec, weights, comp.pulls(spectra, rec.spectrum, weights))
+
+    def components(self, lines: LineModel, grid: RestFrameGrid) -> dict[str, np.ndarray]:
+        """Every raw component (N,) of :data:`COMPONENTS` but ``latent`` (it needs the fitted density),
+        higher = more anomalous."""
+        outside = np.where(lya_forest_mask(grid)[None, :], 0.0, self.weights)  # the forest: only in `fit`
+        excess = lines.excess(self.spectra, outside)
+        spikes = self.spectra.columns.get("spike_pull")
         return {
-            "log_reduced_chi2": log_reduced,
-            **{f"coherent_chi2_{b}": self.coherent[b] for b in COHERENT_BLOCKS},
-            f"peak_chi2_{PEAK_BLOCK}": self.peak,
-            "latent_nll": density.nll(self.latent_mean),
+            "fit": comp.fit(self.pull, self.weights),
+            "coherent": comp.coherent(self.pull, outside),
+            "peak": comp.peak(self.pull, outside),
+            "trough": comp.trough(self.pull, outside, grid),
+            "weak_lines": -excess,
+            "strong_lines": excess,
+            "arm_step": comp.arm_step(self.spectra, self.rec.spectrum, self.pull, self.weights),
+            "spikes": np.full(len(self.spectra), np.nan) if spikes is None else np.asarray(spikes, np.float64),
+            "foreground": comp.foreground(self.spectra, self.pull, outside, grid),
         }
-
-
-def _raw_scores(
-    model: SpectrumVAE, spectra: Spectra, device: torch.device | str | None
-) -> tuple[_RawScores, np.ndarray]:
-    """Reconstruct one batch and measure every raw component on it; also the per-pixel χ² (N, P)."""
-    flux, ivar = spectra.flux, spectra.ivar
-    flux_t = torch.tensor(flux, dtype=torch.float32)  # a copy: Arrow-backed input is read-only
-    ivar_t = torch.tensor(ivar, dtype=torch.float32).clamp_(min=0.0)
-    rec = reconstruct(model, flux_t, ivar_t, device=device, batch_size=max(len(flux), 1))
-    weights = model.pixel_weights(ivar_t).numpy()
-    residual = np.where(ivar > 0, flux - rec.spectrum, 0.0)
-    block_chi2 = {b: _block_chi2(residual, weights, b) for b in {*COHERENT_BLOCKS, PEAK_BLOCK}}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        coherent = {b: np.log(np.nanmean(block_chi2[b], axis=1)) for b in COHERENT_BLOCKS}
-        peak = np.log(np.nanmax(block_chi2[PEAK_BLOCK], axis=1))
-    raw = _RawScores(
-        reduced_chi2=rec.reduced_chi2,
-        chi2=rec.chi2.astype(np.float64),
-        n_obs=rec.n_obs,
-        kl=rec.kl.astype(np.float64),
-        latent_mean=rec.latent_mean,
-        coherent=coherent,
-        peak=peak,
-    )
-    return raw, weights * residual**2
-
-
-def _block_chi2(residual: np.ndarray, weights: np.ndarray, block: int) -> np.ndarray:
-    """``(Σ w·r)² / Σ w`` per block of ``block`` pixels (N, P/block), NaN for blocks without data.
-
-    For independent Gaussian noise each block is χ² with one degree of freedom whatever the block
-    size; a coherent mismatch of amplitude δ over the block adds ≈ block·δ²·w̄ to it.
-    """
-    n, npix = residual.shape
-    if npix % block:
-        raise ValueError(f"grid of {npix} pixels does not split into blocks of {block}")
-    summed = (weights * residual).reshape(n, -1, block).sum(axis=2)
-    weight = weights.reshape(n, -1, block).sum(axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(weight > 0, summed**2 / weight, np.nan)
 
 
 def fit_scorer(
@@ -201,9 +184,10 @@ def fit_scorer(
     val_fraction: float,
     grid: RestFrameGrid = REST_GRID,
     device: torch.device | str | None = None,
-    batch_size: int = 2048,
+    batch_size: int = 1024,
 ) -> Scorer:
-    """Fit the latent density on the training rows and every calibration on the held-out rows.
+    """Fit the noise, line and latent-density models on training rows and every calibration on the
+    held-out rows.
 
     Rows split by TARGETID hash exactly as :func:`~qad_assets.science.model.split.select_rows` split
     them for training, so pass the ``val_fraction`` the model was trained with: the calibration
@@ -215,12 +199,16 @@ def fit_scorer(
     if is_val.sum() < MIN_CALIBRATION_ROWS or (~is_val).sum() < MIN_CALIBRATION_ROWS:
         raise TooFewSpectraError(
             f"{is_val.sum()} held-out and {(~is_val).sum()} training rows at val_fraction={val_fraction}; "
-            f"each needs at least {MIN_CALIBRATION_ROWS}"
+            f"each needs at least {MIN_CALIBRATION_ROWS}: the release is too small to calibrate a detector"
         )
-    raw = [_raw_scores(model, spectra[s], device)[0] for s in _batches(len(spectra), batch_size)]
-    density = fit_latent_density(np.concatenate([r.latent_mean for r in raw])[~is_val])
-    per_batch = [r.components(density) for r in raw]
-    components = {name: np.concatenate([c[name] for c in per_batch]) for name in COMPONENTS}
+    noise, lines = _fit_pixel_models(model, spectra[np.flatnonzero(~is_val)[:MAX_MODEL_FIT_ROWS]], grid, device)
+    batches = [_Batch.of(model, spectra[s], noise, device) for s in _batches(len(spectra), batch_size)]
+    raw = [b.components(lines, grid) for b in batches]
+    latent = np.concatenate([b.rec.latent_mean for b in batches])
+    del batches
+    density = fit_latent_density(latent[~is_val])
+    components = {name: np.concatenate([r[name] for r in raw]) for name in COMPONENTS if name != "latent"}
+    components["latent"] = density.nll(latent)
     snr = spectra.snr
     calibrations = _fit_calibrations({k: v[is_val] for k, v in components.items()}, snr[is_val])
     train_calibrations = _fit_calibrations({k: v[~is_val] for k, v in components.items()}, snr[~is_val])
@@ -228,25 +216,54 @@ def fit_scorer(
     return Scorer(
         grid_sha256=grid_fingerprint(grid),
         val_fraction=float(val_fraction),
+        noise=noise,
         density=density,
+        lines=lines,
         calibrations=calibrations,
         train_calibrations=train_calibrations,
         reference=np.sort(reference[np.isfinite(reference)]),
     )
 
 
+def _fit_pixel_models(
+    model: SpectrumVAE, sample: Spectra, grid: RestFrameGrid, device: torch.device | str | None
+) -> tuple[NoiseModel, LineModel]:
+    """The noise model from the sample's residuals outside the forest, then the line model weighed by it."""
+    first = _Batch.of(model, sample, NoiseModel.identity(), device)
+    outside = ~lya_forest_mask(grid)[None, :]
+    noise = fit_noise_model(sample, first.rec.spectrum, outside & (sample.ivar > 0))
+    weighed = _Batch.of(model, sample, noise, device)
+    return noise, fit_line_model(sample, np.where(outside, weighed.weights, 0.0), grid)
+
+
 def _fit_calibrations(components: dict[str, np.ndarray], snr: np.ndarray) -> dict[str, SnrCalibration]:
-    """One calibration per component, then one for the sum of the standardised components."""
-    calibrations = {name: fit_snr_calibration(components[name], snr) for name in COMPONENTS}
-    z_sum = sum(calibrations[name].standardise(components[name], snr) for name in COMPONENTS)
-    return calibrations | {"anomaly_score": fit_snr_calibration(z_sum, snr)}
+    """One calibration per component measured on enough spectra, then one for their soft maximum."""
+    calibrations = {
+        name: fit_snr_calibration(values, snr)
+        for name, values in components.items()
+        if np.isfinite(values).sum() >= MIN_CALIBRATION_ROWS
+    }
+    z = {name: calibrations[name].standardise(components[name], snr) for name in calibrations}
+    return calibrations | {"anomaly_score": fit_snr_calibration(soft_maximum(z), snr)}
 
 
 def _standardise(
     calibrations: dict[str, SnrCalibration], components: dict[str, np.ndarray], snr: np.ndarray
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    z = {name: calibrations[name].standardise(components[name], snr) for name in COMPONENTS}
-    return z, calibrations["anomaly_score"].standardise(sum(z.values()), snr)
+    """Each component's z (NaN where it could not be measured or calibrated) and the final score."""
+    nan = np.full(len(snr), np.nan)
+    z = {
+        name: calibrations[name].standardise(components[name], snr) if name in calibrations else nan
+        for name in COMPONENTS
+    }
+    return z, calibrations["anomaly_score"].standardise(soft_maximum(z), snr)
+
+
+def soft_maximum(z: dict[str, np.ndarray]) -> np.ndarray:
+    """``log Σ_k exp(z_k)`` over the components, an unmeasured one counting as typical (z = 0)."""
+    stacked = np.nan_to_num(np.stack(list(z.values()), axis=1), nan=0.0, posinf=1e6, neginf=-1e6)
+    top = stacked.max(axis=1)
+    return top + np.log(np.exp(stacked - top[:, None]).sum(axis=1))
 
 
 def score_spectra(
@@ -294,22 +311,34 @@ def _score_batch(
     grid: RestFrameGrid,
     device: torch.device | str | None,
 ) -> dict[str, np.ndarray]:
-    raw, pixel_chi2 = _raw_scores(model, spectra, device)
-    components = raw.components(scorer.density)
+    batch = _Batch.of(model, spectra, scorer.noise, device)
+    components = batch.components(scorer.lines, grid) | {"latent": scorer.density.nll(batch.rec.latent_mean)}
     standardised, score = scorer.combine(components, spectra.snr, in_training)
+    rec = batch.rec
+    pixel_chi2 = batch.pull**2
     return {
-        "reduced_chi2": raw.reduced_chi2,
-        "chi2": raw.chi2,
-        "n_obs": raw.n_obs,
-        "kl": raw.kl,
-        "neg_elbo": 0.5 * raw.chi2 + raw.kl,
-        "latent_nll": components["latent_nll"],
+        "reduced_chi2": rec.reduced_chi2,
+        "chi2": rec.chi2.astype(np.float64),
+        "n_obs": rec.n_obs,
+        "kl": rec.kl.astype(np.float64),
+        "neg_elbo": 0.5 * rec.chi2.astype(np.float64) + rec.kl,
+        "latent_nll": components["latent"],
         **{f"z_{name}": value for name, value in standardised.items()},
         "anomaly_score": score,
         "p_value": scorer.p_value(score),
-        **explain(pixel_chi2, spectra.ivar > 0, spectra.z, grid),
-        "latent_mean": raw.latent_mean,
+        "top_component": top_component(standardised),
+        **explain(pixel_chi2, batch.weights > 0, spectra.z, grid),
+        "latent_mean": rec.latent_mean,
     }
+
+
+def top_component(z: dict[str, np.ndarray]) -> np.ndarray:
+    """The name of the component with the highest z per spectrum ('' when none was measured)."""
+    names = np.asarray(list(z))
+    stacked = np.stack(list(z.values()), axis=1)
+    measured = np.isfinite(stacked).any(axis=1)
+    best = np.argmax(np.where(np.isfinite(stacked), stacked, -np.inf), axis=1)
+    return np.where(measured, names[best], "")
 
 
 def _check_grid(spectra: Spectra, grid: RestFrameGrid) -> None:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from qad_assets.errors import GridMismatchError
+from qad_assets.errors import GridMismatchError, TooFewSpectraError
 from qad_assets.science.io.parquet_store import iter_tables
 from qad_assets.science.model.split import Split, select_rows
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, negative_elbo
@@ -52,6 +52,23 @@ class TrainOptions:
     shuffle_rows: int = 16384  # shuffle-buffer rows per rank and loader worker
     read_rows: int = 2048  # Parquet record-batch (or array chunk) rows
     loader_workers: int = 0  # DataLoader processes reading files in parallel (Parquet sources)
+
+    def for_release(self, n_spectra: int) -> TrainOptions:
+        """These options with a held-out fraction large enough for :data:`HELD_OUT_TARGET` spectra (a small
+        release holds out more, up to :data:`MAX_VAL_FRACTION`); :class:`TooFewSpectraError` when even
+        that is too few to calibrate a scorer on.
+        """
+        if n_spectra * MAX_VAL_FRACTION < HELD_OUT_TARGET:
+            raise TooFewSpectraError(
+                f"{n_spectra} quasar spectra: too few to train and calibrate a model (at least "
+                f"{int(np.ceil(HELD_OUT_TARGET / MAX_VAL_FRACTION))} are needed)"
+            )
+        return replace(self, val_fraction=max(self.val_fraction, HELD_OUT_TARGET / n_spectra))
+
+
+#: Held-out spectra a release should give the scorer's calibration (20 is the least it accepts).
+HELD_OUT_TARGET = 30
+MAX_VAL_FRACTION = 0.3
 
 
 @dataclass

@@ -14,6 +14,7 @@ import pyarrow as pa
 import torch
 
 from qad_assets.science.spectra.arms import BRZ_WAVE
+from qad_assets.science.spectra.artifacts import spike_pull
 from qad_assets.science.spectra.container import Spectra, numpy_to_list
 from qad_assets.science.spectra.resampling import resample_to_rest
 from qad_assets.science.spectra.rest_frame import MIN_GOOD_REST_PIXELS, NORM_MIN_WAVE, REST_GRID, RestFrameGrid
@@ -56,6 +57,7 @@ NORMALIZATION_COLUMNS: dict[str, type] = {
     "coverage_max": np.float32,  # rest Å of the last pixel with data (NaN if none)
     "good_fraction": np.float32,  # fraction of the observed pixels that were good
     "low_coverage": np.bool_,  # fewer than MIN_GOOD_REST_PIXELS good rest pixels
+    "spike_pull": np.float32,  # largest isolated one- or two-pixel spike, in σ (observed frame)
 }
 
 #: Spectra per step of :func:`normalize_batch` on a CPU: work arrays stay cache-sized and reuse memory.
@@ -105,6 +107,7 @@ def _normalize_rows(
     column["coverage_max"][rows] = np.where(none, np.nan, wave[last])
     column["good_fraction"][rows] = good.mean(axis=1)
     column["low_coverage"][rows] = n_covered < MIN_GOOD_REST_PIXELS
+    column["spike_pull"][rows] = spike_pull(observed.flux, observed.ivar)
 
 
 GRID_METADATA_KEY = b"rest_frame_grid"
@@ -122,6 +125,7 @@ def normalized_schema(grid: RestFrameGrid = REST_GRID) -> pa.Schema:
             ("coverage_max", pa.float32()),
             ("good_fraction", pa.float32()),
             ("low_coverage", pa.bool_()),
+            ("spike_pull", pa.float32()),
             ("snr_b", pa.float32()),
             ("snr_r", pa.float32()),
             ("snr_z", pa.float32()),

@@ -35,6 +35,9 @@ from qad_assets.science.spectra.rest_frame import RestFrameGrid, lya_forest_mask
 _RIDGE = 1e-6
 #: Pixels per chunk of the per-pixel solve (bounds the (N, chunk, K) work array).
 _PIXEL_CHUNK = 256
+#: Training spectra the components are fitted on, at most: 10 components are well determined by a few
+#: thousand spectra, and EM-PCA costs O(spectra × pixels × components²) per pass.
+MAX_FIT_ROWS = 3000
 
 
 def pixel_weights(ivar: np.ndarray, grid: RestFrameGrid, config: VaeConfig | None = None) -> np.ndarray:
@@ -67,7 +70,7 @@ class PcaBaseline:
     def fit(self, spectra: Spectra, *, val_fraction: float) -> PcaBaseline:
         """Components from the training rows, the S/N calibration from the held-out rows."""
         is_val = _split(spectra.targetid, val_fraction)
-        train = spectra[~is_val]
+        train = spectra[np.flatnonzero(~is_val)[:MAX_FIT_ROWS]]
         train_flux, train_w = np.asarray(train.flux, np.float64), pixel_weights(train.ivar, self.grid)
         self.mean = _weighted_mean(train_flux, train_w)
         self.components = _em_pca(train_flux - self.mean, train_w, self.n_components, self.n_iter, self.seed)
@@ -114,8 +117,13 @@ def _weighted_mean(flux: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def _solve_coefficients(data: np.ndarray, weights: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """Per spectrum, ``argmin_c Σ w (x − c·basis)²``: batched normal equations (N, K, K), lightly ridged."""
-    gram = np.stack([(weights * row) @ basis.T for row in basis], axis=1)
+    """Per spectrum, ``argmin_c Σ w (x − c·basis)²``: batched normal equations (N, K, K), lightly ridged.
+
+    Every Gram matrix at once is one matrix product of the weights with the basis' outer products.
+    """
+    k = basis.shape[0]
+    outer = (basis[:, None, :] * basis[None, :, :]).reshape(k * k, -1)
+    gram = (weights @ outer.T).reshape(-1, k, k)
     rhs = (weights * data) @ basis.T
     ridge = _RIDGE * np.trace(gram, axis1=1, axis2=2)[:, None, None] / basis.shape[0] + 1e-12
     return np.linalg.solve(gram + ridge * np.eye(basis.shape[0]), rhs[..., None])[..., 0]

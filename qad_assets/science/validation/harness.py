@@ -225,6 +225,7 @@ def validate_release(
     spectra: Spectra,
     scores: pa.Table,
     *,
+    trained_on_release: bool,
     per_class: int,
     gallery_size: int,
     truth: pa.Table | None = None,
@@ -235,8 +236,9 @@ def validate_release(
     """Injection–recovery on held-out normals with the VAE next to both baselines, truth metrics when a
     truth table is given, ranking stability against a model retrained with the package's own recipe and
     ``stability_seed``, and the cross-match of the top 100 candidates with ``catalogue`` (positions from
-    ``raw_files``). ``spectra`` are the release's (the model's training release), ``scores`` their
-    ``anomaly_scores`` rows, aligned. The held-out split is the one the package was trained with.
+    ``raw_files``). ``spectra`` are the release's, ``scores`` their ``anomaly_scores`` rows, aligned;
+    ``trained_on_release`` when the package was trained on this release. The held-out split is the
+    one the package was trained with.
     """
     model, scorer, val_fraction = package.model, package.scorer, package.options.val_fraction
     baselines = fit_baselines(spectra, val_fraction)
@@ -248,7 +250,7 @@ def validate_release(
         "injection": injection,
         "snr_spearman_normals": rho,
     }
-    all_scores = method_scores(model, scorer, baselines, spectra, from_training_release=True)
+    all_scores = method_scores(model, scorer, baselines, spectra, from_training_release=trained_on_release)
     if truth is not None:
         metrics["truth"] = truth_metrics(truth, spectra, all_scores)
     if stability_seed is not None:

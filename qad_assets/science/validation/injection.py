@@ -283,7 +283,7 @@ def injection_set(
         rows = rng.choice(candidates, min(per_class, candidates.size), replace=False)
         s = np.resize(np.asarray(strengths, np.float64), rows.size)
         f, v, z_used = inject(kind, flux[rows], ivar[rows], z[rows], grid, s, rng, donors=(flux, ivar, z))
-        parts.append(Spectra(hosts.wave, f, v, hosts.targetid[rows], z_used))
+        parts.append(Spectra(hosts.wave, f, v, hosts.targetid[rows], z_used, hosts[rows].columns))
         labels.append(
             pa.table(
                 {
