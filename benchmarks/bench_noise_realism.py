@@ -37,6 +37,7 @@ from qad_assets.science.spectra.noise import (  # noqa: E402
     PIXEL_CLASSES,
     PULL_BINS,
     NoiseStats,
+    bare_coadd,
     measure_noise,
     running_median,
 )
@@ -48,20 +49,19 @@ SHAPE_WIDTH = 100.0  # Å per band
 FAINT = 3.0  # S/N per pixel below which a spectrum is noise-dominated
 
 
-def read_lenient(path: Path) -> CoaddArms:
-    """A coadd with only {B,R,Z}_{WAVELENGTH,FLUX,IVAR} (QuasarNP's test file): no mask, row ids."""
+def read_bare(path: Path) -> CoaddArms:
+    """A coadd with only {B,R,Z}_{WAVELENGTH,FLUX,IVAR} (QuasarNP's test file)."""
     with fits.open(path) as hdul:
-        wave = {a: hdul[f"{a}_WAVELENGTH"].data.astype(np.float64) for a in ARMS}
-        flux = {a: hdul[f"{a}_FLUX"].data.astype(np.float32) for a in ARMS}
-        ivar = {a: hdul[f"{a}_IVAR"].data.astype(np.float32) for a in ARMS}
-    mask = {a: np.zeros(flux[a].shape, np.uint32) for a in ARMS}
-    return CoaddArms(str(path), {}, {"TARGETID": np.arange(len(flux["B"]))}, wave, flux, ivar, mask)
+        arrays = [{a: hdul[f"{a}_{kind}"].data for a in ARMS} for kind in ("WAVELENGTH", "FLUX", "IVAR")]
+    return bare_coadd(str(path), *arrays)
 
 
-def real_coadds(folder: Path) -> list[CoaddArms]:
-    """Every real coadd under ``folder``: DESI ``coadd-*.fits`` files and QuasarNP's ``test_coadd.fits``."""
-    coadds = [read_coadd(p) for p in sorted(folder.rglob("coadd-*.fits"))]
-    return coadds + [read_lenient(p) for p in sorted(folder.rglob("test_coadd.fits"))]
+def real_coadds(folder: Path) -> dict[str, list[CoaddArms]]:
+    """The real coadds under ``folder``: DESI ``coadd-*.fits`` files, and QuasarNP's ``test_coadd.fits``."""
+    return {
+        "desi": [read_coadd(p) for p in sorted(folder.rglob("coadd-*.fits"))],
+        "quasarnp": [read_bare(p) for p in sorted(folder.rglob("test_coadd.fits"))],
+    }
 
 
 def demo_coadds(root: Path, seed: int, settings: DemoSettings | None = None, **kwargs: int):
@@ -189,10 +189,13 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/noise_realism.png"))
     parser.add_argument("--calibrate", action="store_true", help="rewrite the demo's noise tables first")
     args = parser.parse_args()
-    real = real_coadds(args.realdata)
+    sources = real_coadds(args.realdata)
+    real = sources["desi"] + sources["quasarnp"]
     if args.calibrate:
         calibrate(real)
-    columns = {"real DESI": (measure_noise(real), measure_noise(real, max_snr=FAINT), None)}
+    columns = {"real: all": (measure_noise(real), measure_noise(real, max_snr=FAINT), None)}
+    for name, coadds in sources.items():
+        columns[f"real: {name}"] = (measure_noise(coadds), measure_noise(coadds, max_snr=FAINT), None)
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             coadds, targets = demo_coadds(Path(tmp), seed)

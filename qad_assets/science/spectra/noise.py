@@ -28,16 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.ndimage import median_filter
 
+from qad_assets.science.io.coadd import CoaddArms
 from qad_assets.science.spectra.arms import ARM_WAVE, ARMS, BRZ_WAVE, NPIX, WAVE_STEP, merge_arms
 from qad_assets.science.spectra.snr import masked_median
-
-if TYPE_CHECKING:
-    from qad_assets.science.io.coadd import CoaddArms
 
 FLUX_WINDOW = 41  # pixels of the running median of flux (see the module docstring)
 IVAR_WINDOW = 41  # pixels of the running median of ivar
@@ -148,6 +145,16 @@ def arm_noise_shape(ivar: np.ndarray, good: np.ndarray) -> np.ndarray:
     sigma = np.where(good, 1.0 / np.sqrt(np.where(good, ivar, 1.0)), np.nan)
     norm = masked_median(sigma, good)
     return masked_median((sigma / norm[:, None]).T, good.T)
+
+
+def bare_coadd(
+    path: str, wave: dict[str, np.ndarray], flux: dict[str, np.ndarray], ivar: dict[str, np.ndarray]
+) -> CoaddArms:
+    """A coadd from per-arm arrays alone (no FIBERMAP, no MASK: QuasarNP's test coadd is one)."""
+    mask = {arm: np.zeros(np.shape(flux[arm]), np.uint32) for arm in ARMS}
+    ids = {"TARGETID": np.arange(len(flux[ARMS[0]]), dtype=np.int64)}
+    f32 = {arm: np.asarray(flux[arm], np.float32) for arm in ARMS}
+    return CoaddArms(path, {}, ids, dict(wave), f32, {arm: np.asarray(ivar[arm], np.float32) for arm in ARMS}, mask)
 
 
 def _with_data(arms: CoaddArms) -> np.ndarray:
