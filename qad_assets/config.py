@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -27,6 +27,10 @@ RAY_NUM_CPUS = "QAD_RAY_NUM_CPUS"
 LABELS_DB = "QAD_LABELS_DB"
 #: Dagster's own variable, set only for a child process (``qad ui``): ``<storage>/dagster_home``.
 DAGSTER_HOME = "DAGSTER_HOME"
+#: Ray's switch for a machine that is not part of a cluster: at "0" a local Ray takes 127.0.0.1 as its node
+#: address, so its GCS, raylet, workers and agents listen on loopback only (by default they listen on every
+#: interface). Ray reads it when it is imported: set it first (``keep_local_ray_on_loopback``).
+RAY_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 #: What a run needs; the code location loads without them (they are ``dg.EnvVar``s until a run starts).
 REQUIRED = (STORAGE, ARCHIVE)
@@ -113,4 +117,14 @@ class Settings:
         env = {name: value or "" for name, value in values.items()}
         if (home := self.dagster_home()) is not None:
             env[DAGSTER_HOME] = str(home)
+        if not self.ray_address:
+            env[RAY_LOOPBACK] = "0"
         return env
+
+
+def keep_local_ray_on_loopback(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Make a local Ray (no ``RAY_ADDRESS``) listen on loopback only; call before Ray is imported. A cluster
+    address leaves Ray as it is: its nodes must reach each other.
+    """
+    if not environ.get(RAY_ADDRESS):
+        environ.setdefault(RAY_LOOPBACK, "0")

@@ -11,7 +11,8 @@ from pydantic import PrivateAttr
 
 
 class RayResource(dg.ConfigurableResource):
-    """Connects to Ray once per run; ``address`` empty means a local Ray with ``num_cpus``."""
+    """Connects to Ray once per run; ``address`` empty means a local Ray with ``num_cpus`` (on loopback only
+    under ``qad``, which sets ``config.RAY_LOOPBACK`` before Ray is imported)."""
 
     address: str | None = None
     num_cpus: int | None = None
@@ -20,6 +21,7 @@ class RayResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if ray.is_initialized():
             return
+        # A local Ray listens on loopback only when Ray was imported with config.RAY_LOOPBACK set (qad does).
         options: dict[str, Any] = {"address": self.address} if self.address else {"num_cpus": self.num_cpus}
         ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
         self._started_here = True

@@ -15,6 +15,7 @@ import warnings
 
 from qad_assets.cli.parser import build_parser
 from qad_assets.cli.pipeline import RunSettings, prepare_instance_home
+from qad_assets.config import keep_local_ray_on_loopback
 from qad_assets.errors import QadError
 
 __all__ = ["RunSettings", "build_parser", "main", "prepare_instance_home"]
@@ -23,6 +24,7 @@ __all__ = ["RunSettings", "build_parser", "main", "prepare_instance_home"]
 def main(argv: list[str] | None = None) -> int:
     """Run one command: 0 when done, 2 for a problem the user can act on (``QadError``), 1 for a bug."""
     args = build_parser().parse_args(argv)
+    keep_local_ray_on_loopback()  # before any command imports Ray
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     warnings.filterwarnings("ignore", message=".*input example was not provided.*")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

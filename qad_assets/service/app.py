@@ -6,19 +6,26 @@ spectra, on the GPU when there is one. A ``shadow_fraction`` of requests is scor
 ``challenger`` in the background (both scores logged; the response, which does not wait for it,
 carries the champion's). Aliases are followed by polling the registry every ``poll_seconds`` and on
 ``POST /reload``. API reference: ``docs/serving.md`` and ``/docs`` on a running service.
+
+Clients reach it through the front door (:mod:`qad_assets.service.front`): Serve's own HTTP proxy listens
+on a loopback port, and only whole requests, taken at a bounded pace, reach a replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import random
+import socket
 import threading
 import time
 import uuid
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 from fastapi import FastAPI, HTTPException, Request
 from ray import serve
@@ -33,6 +40,7 @@ from qad_assets.science.model.registry import CHALLENGER, CHAMPION
 from qad_assets.science.spectra.arms import BRZ_WAVE
 from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.observed import normalize_observed, observed_spectrum
+from qad_assets.service.front import FrontDoor, FrontLimits
 from qad_assets.service.inputs import (
     ScoredPiece,
     response_rows,
@@ -46,6 +54,8 @@ from qad_assets.service.settings import ServiceSettings
 from qad_assets.service.shadow import ShadowLog
 
 log = logging.getLogger("qad.service")
+#: The front door of the service this process started (``start``), stopped by ``stop``.
+_front: FrontDoor | None = None
 
 APP_NAME = "qad-scoring"
 #: Spectra per forward pass. The batcher fills a pass from queued requests for up to BATCH_WAIT_S.
@@ -55,7 +65,12 @@ BATCH_WAIT_S = 0.005
 MAX_ONGOING_REQUESTS = 256
 #: Uploads parsed at once per replica (each holds its body, up to max_upload_bytes, in memory).
 MAX_CONCURRENT_UPLOADS = 2
-#: Seconds a request body may take to arrive (a stalled upload must not hold an upload slot forever).
+#: JSON bodies above LARGE_JSON_BYTES parsed at once per replica (each costs about three times its size
+#: while it is parsed; smaller ones are not counted).
+MAX_CONCURRENT_LARGE_JSON = 2
+LARGE_JSON_BYTES = 2**20
+#: Seconds a request body may take to reach the replica. The front door (service/front.py) already holds
+#: every body until it is whole, at a bounded rate, so this only guards a replica reached another way.
 BODY_TIMEOUT_S = 600.0
 #: Shadow scorings in flight per replica; beyond this a request is not shadowed (counted as skipped).
 MAX_SHADOW_IN_FLIGHT = 32
@@ -86,7 +101,7 @@ ERROR_MEANINGS = {
     413: "body larger than max_json_bytes / max_upload_bytes, or more spectra than max_spectra",
     415: "neither application/json nor multipart/form-data",
     422: "a spectrum or file that cannot be scored, and why",
-    408: "the body did not arrive in time",
+    408: "the request head or body did not arrive in time (docs/serving.md, Front door)",
     503: "no champion model in the registry (yet); for /reload, the registry could not be read",
 }
 
@@ -110,6 +125,14 @@ _UPLOAD_SCHEMA = {
         "release": {"type": "string", "description": "DESI release of the file (as ScoreRequest.release)"},
     },
 }
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system after a large request (Arrow's pool, then the C heap). Defined
+    before ``ScoringService``: Serve serializes the class when it is decorated."""
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def score_together(model: LoadedModel, items: list[Spectra]) -> list[ScoredPiece]:
@@ -145,6 +168,7 @@ class ScoringService:
         self._sample = random.Random(settings.seed)
         self._shadows_in_flight: set[asyncio.Task] = set()
         self._uploads = asyncio.Semaphore(MAX_CONCURRENT_UPLOADS)
+        self._large_json = asyncio.Semaphore(MAX_CONCURRENT_LARGE_JSON)
         if settings.poll_seconds > 0:
             threading.Thread(target=self._poll_registry, name="registry-poll", daemon=True).start()
 
@@ -210,10 +234,13 @@ class ScoringService:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         not_scored = []
         if kind == "application/json":
-            body = b"".join(await self._read_body(request, self.settings.max_json_bytes))
-            spectra = await asyncio.to_thread(
-                spectra_from_json, body, max_spectra=self.settings.max_spectra, device=self.device
-            )
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) <= LARGE_JSON_BYTES:
+                spectra = await self._spectra_from_json(request)
+            else:
+                async with self._large_json:  # bounded memory: a few large bodies at a time
+                    spectra = await self._spectra_from_json(request)
+                await asyncio.to_thread(release_memory)
         elif kind == "multipart/form-data":
             async with self._uploads:
                 spectra, not_scored = await self._spectra_from_upload(request)
@@ -233,6 +260,12 @@ class ScoringService:
                 503, f"no {alias} model: alias '{alias}' of {self.settings.registered_model} is not set in the registry"
             )
         return loaded
+
+    async def _spectra_from_json(self, request: Request) -> Spectra:
+        body = b"".join(await self._read_body(request, self.settings.max_json_bytes))
+        return await asyncio.to_thread(
+            spectra_from_json, body, max_spectra=self.settings.max_spectra, device=self.device
+        )
 
     async def _read_body(self, request: Request, limit: int) -> list[bytes]:
         """The body as received (a list of chunks), refused with 413 as soon as it is known to exceed
@@ -337,20 +370,50 @@ def start(
     gpus_per_replica: float | None = None,
     ray_address: str | None = None,
     blocking: bool = False,
+    limits: FrontLimits | None = None,
 ) -> str:
-    """Run the service on Ray Serve (this process's Ray, else ``ray_address``, else a new local Ray);
-    returns its base URL. ``blocking`` serves until interrupted.
+    """Run the service on Ray Serve (this process's Ray, else ``ray_address``, else a new local Ray) behind
+    the front door on ``host:port``; returns its base URL. ``blocking`` serves until interrupted.
+
+    Serve's own HTTP proxy listens on a free loopback port that only the front door uses: it is on this
+    machine, so with ``ray_address`` run ``qad serve`` on the cluster's head node.
     """
+    global _front
     if replicas > 1 and settings.poll_seconds <= 0:
         raise UserError("POST /reload reaches one replica: with several, poll the registry (poll_seconds > 0)")
     if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, configure_logging=False)
-    serve.start(http_options={"host": host, "port": port})
+        init_ray(ray_address, configure_logging=False)
+    upstream = free_loopback_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": upstream})
     application = build_app(settings, replicas=replicas, gpus_per_replica=gpus_per_replica)
-    serve.run(application, name=APP_NAME, route_prefix="/", blocking=blocking)
-    return f"http://{host}:{port}"
+    serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
+    body_limits = {"application/json": settings.max_json_bytes, "multipart/form-data": settings.max_upload_bytes}
+    _front = FrontDoor(host, port, ("127.0.0.1", upstream), limits, body_limits=body_limits).start()
+    url = f"http://{host}:{_front.port}"
+    if blocking:
+        while True:
+            time.sleep(3600)
+    return url
+
+
+def init_ray(address: str | None = None, **options: Any) -> None:
+    """``ray.init`` for the service: a cluster when ``address`` is given, else a local Ray (on loopback only
+    when Ray was imported with ``config.RAY_LOOPBACK`` set, as ``qad serve`` does).
+    """
+    ray.init(address=address or None, include_dashboard=False, **options)
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def stop() -> None:
-    """Remove this application; other Serve applications (on a shared cluster) and Ray stay up."""
+    """Remove this application and its front door; other Serve applications (on a shared cluster) and Ray
+    stay up."""
+    global _front
+    if _front is not None:
+        _front.stop()
+        _front = None
     serve.delete(APP_NAME)

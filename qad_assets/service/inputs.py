@@ -10,15 +10,16 @@ is wrong.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from fastapi import HTTPException
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from qad_assets.errors import SpectrumError
 from qad_assets.science.io.redshifts import QsoCatalog
@@ -30,7 +31,7 @@ from qad_assets.science.spectra.normalization import normalized_table
 from qad_assets.science.spectra.observed import normalize_observed, observed_spectrum
 from qad_assets.science.spectra.rest_frame import REST_GRID
 from qad_assets.service.registry import LoadedModel
-from qad_assets.service.schema import NotScored, ScoreRequest, SpectrumScore
+from qad_assets.service.schema import NotScored, ScoreRequest, SpectrumIn, SpectrumScore
 
 #: Release name given to an uploaded coadd when the form names none.
 UPLOAD_RELEASE = "upload"
@@ -41,42 +42,140 @@ def split(spectra: Spectra, size: int) -> list[Spectra]:
     return [spectra[lo : lo + size] for lo in range(0, len(spectra), size)]
 
 
+#: Spectra moved to the rest frame per call: the resampling's temporaries stay bounded in a large request.
+NORMALIZE_CHUNK = 64
+#: What JSON's structure is made of, as far as splitting a request is concerned: escapes, quotes,
+#: brackets. Numbers, commas and colons are not matched, so a request of a million numbers is a few
+#: dozen matches per spectrum.
+_STRUCTURE = re.compile(rb'\\.|["{}\[\]]')
+
+
+class _Envelope(BaseModel):
+    """``ScoreRequest`` without its spectra (they are checked one at a time as ``SpectrumIn``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spectra: list[Any]
+    wavelength: list[float] | None = ScoreRequest.model_fields["wavelength"]
+    release: str | None = ScoreRequest.model_fields["release"]
+
+
 def spectra_from_json(body: bytes, *, max_spectra: int, device: str = "cpu") -> Spectra:
     """A ``ScoreRequest`` JSON body, checked spectrum by spectrum and moved to the rest frame.
 
+    Streamed: the body is split into its spectra, and each is validated (``SpectrumIn``, the schema's own
+    messages), checked (ingestion's pixel rules) and kept as float32 before the next is parsed, so memory
+    is the body plus the request's spectra, not a Python object per number (about six times the body).
     Columns: ``index`` (place in the request), ``has_targetid`` (TARGETID is 0 where none was given),
     ``low_coverage``; ``meta["release"]`` the request's release.
     """
-    try:
-        request = ScoreRequest.model_validate_json(body)
-    except ValidationError as err:
-        raise _validation_error(err) from None
-    if len(request.spectra) > max_spectra:
-        raise HTTPException(413, f"{len(request.spectra)} spectra in one request; at most {max_spectra}")
-    shared = None if request.wavelength is None else np.asarray(request.wavelength, np.float64)
-    observed = []
-    for i, s in enumerate(request.spectra):
-        wavelength = s.wavelength if s.wavelength is not None else shared
+    split = _split_spectra(body)
+    if split is None:  # no spectra array to stream (absent, null, not of objects): the schema says why
+        spans, envelope = [], _validated(ScoreRequest, body)
+    else:
+        spans, outside = split
+        envelope = _validated(_Envelope, outside)
+    if split is not None and not spans:
+        raise HTTPException(422, "spectra: List should have at least 1 item")
+    count = len(spans) if split is not None else len(envelope.spectra)
+    if count > max_spectra:
+        raise HTTPException(413, f"{count} spectra in one request; at most {max_spectra}")
+    shared = None if envelope.wavelength is None else np.asarray(envelope.wavelength, np.float64)
+    observed, targetid = [], []
+    for i in range(count):
+        if split is not None:
+            spectrum = _validated(SpectrumIn, body[spans[i][0] : spans[i][1]], ("spectra", i))
+        else:
+            spectrum = envelope.spectra[i]
+        wavelength = np.asarray(spectrum.wavelength, np.float64) if spectrum.wavelength is not None else shared
         try:
             if wavelength is None:
                 raise SpectrumError(i, ledger.reason("bad_wavelength", "no wavelength, here or in the request"))
-            observed.append(observed_spectrum(i, wavelength, s.flux, s.ivar, s.redshift, s.mask))
+            observed.append(
+                observed_spectrum(i, wavelength, spectrum.flux, spectrum.ivar, spectrum.redshift, spectrum.mask)
+            )
         except SpectrumError as err:
             raise HTTPException(422, str(err)) from None
-    targetid = [s.targetid for s in request.spectra]
-    rest = normalize_observed(observed, [t or 0 for t in targetid], device=device)
+        targetid.append(spectrum.targetid)
+        del spectrum
+    ids = [t or 0 for t in targetid]
+    chunks = range(0, len(observed), NORMALIZE_CHUNK)
+    rest = Spectra.concat(
+        [
+            normalize_observed(observed[i : i + NORMALIZE_CHUNK], ids[i : i + NORMALIZE_CHUNK], device=device)
+            for i in chunks
+        ]
+    )
     return replace(
         rest.with_columns(has_targetid=np.asarray([t is not None for t in targetid]), index=np.arange(len(observed))),
-        meta={"release": request.release},
+        meta={"release": envelope.release},
     )
 
 
-def _validation_error(err: ValidationError) -> HTTPException:
+def _validated(model: type[BaseModel], text: bytes, prefix: tuple[int | str, ...] = ()) -> Any:
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as err:
+        raise _validation_error(err, prefix) from None
+
+
+def _split_spectra(body: bytes) -> tuple[list[tuple[int, int]], bytes] | None:
+    """The byte spans of the objects in the top-level ``spectra`` array, and the body with that array
+    emptied; None when there is no such array of objects to split (the schema then reads the whole body).
+
+    Only structure is scanned (quotes, escapes, brackets); what lies between is left to the validators,
+    so a body that is not JSON fails there with the schema's own message.
+    """
+    depth, in_string, string_start = 0, False, 0
+    key = b""
+    array_open = array_close = -1
+    spans: list[tuple[int, int]] = []
+    element_start = -1
+    for match in _STRUCTURE.finditer(body):
+        token, at = match.group(), match.start()
+        if in_string:
+            if token == b'"':
+                in_string = False
+                if depth == 1 and body[at + 1 :].lstrip()[:1] == b":":
+                    key = body[string_start + 1 : at]
+            continue
+        if token == b'"':
+            in_string, string_start = True, at
+        elif token in (b"{", b"["):
+            depth += 1
+            if depth == 2 and token == b"[" and key == b"spectra" and array_open < 0:
+                if body[:at].rstrip()[-1:] != b":":
+                    return None
+                array_open = at
+            elif depth == 3 and array_open >= 0 and array_close < 0:
+                if token != b"{":
+                    return None  # an element that is not an object
+                element_start = at
+        elif token in (b"}", b"]"):
+            if depth == 3 and element_start >= 0 and array_close < 0:
+                spans.append((element_start, at + 1))
+                element_start = -1
+            elif depth == 2 and token == b"]" and array_open >= 0 and array_close < 0:
+                array_close = at
+            depth -= 1
+        elif token.startswith(b"\\"):
+            return None  # an escape outside a string: not JSON
+    if array_open < 0 or array_close < 0:
+        return None
+    between = bytearray(body[array_open + 1 : array_close])
+    for lo, hi in reversed(spans):
+        del between[lo - array_open - 1 : hi - array_open - 1]
+    if between.replace(b",", b"").strip():  # something besides objects in the array: let the schema say what
+        return None
+    return spans, body[: array_open + 1] + body[array_close:]
+
+
+def _validation_error(err: ValidationError, prefix: tuple[int | str, ...] = ()) -> HTTPException:
     """400 for a body that is not JSON, else 422 listing each problem as ``spectra[2].flux: ...``."""
     problems = err.errors(include_url=False)
     if any(p["type"] == "json_invalid" for p in problems):
         return HTTPException(400, f"request body is not valid JSON: {problems[0]['msg']}")
-    shown = "; ".join(f"{_location(p['loc'])}: {p['msg']}" for p in problems[:5])
+    shown = "; ".join(f"{_location((*prefix, *p['loc']))}: {p['msg']}" for p in problems[:5])
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     return HTTPException(422, shown + more)
 
@@ -130,7 +229,9 @@ def spectra_from_coadd(
         for r, t, s, why in zip(rows["row"], rows["TARGETID"], rows["status"], rows["reason"], strict=True)
         if s != ledger.KEPT
     ]
-    spectra = Spectra.from_table(rest, REST_GRID.wave, columns=["low_coverage"]).with_columns(
+    # the per-spectrum columns scoring reads besides the spectra, as score_partition reads them
+    columns = [name for name in ("low_coverage", "scale", "spike_pull") if name in rest.column_names]
+    spectra = Spectra.from_table(rest, REST_GRID.wave, columns=columns).with_columns(
         has_targetid=np.ones(raw.num_rows, bool), index=np.asarray(kept, np.int64)
     )
     return replace(spectra, meta={"release": release}), not_scored
