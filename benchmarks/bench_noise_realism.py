@@ -1,15 +1,16 @@
 """Noise realism: real DESI coadds against the demo release, measured the same way.
 
-    python benchmarks/bench_noise_realism.py [--realdata DIR] [--seeds 0 1] [--figure PATH]
+    python benchmarks/bench_noise_realism.py [--realdata DIR] [--seeds 0 1] [--archives DIR ...] [--figure PATH]
     python benchmarks/bench_noise_realism.py --calibrate   # rewrites qad_assets/demo/data/demo_noise.npz
 
 Measures (``qad_assets.science.spectra.noise``) every real DESI spectrum with data in ``--realdata``
 (``coadd-*.fits`` below it, and QuasarNP's ``test_coadd.fits``, a coadd without FIBERMAP and MASK), and
-the default demo release at each seed (8 pixels × 400 targets), and prints one markdown table: pulls per
-pixel class for all spectra and for the noise-dominated ones (S/N per pixel < 3), the fraction of pixels
-near sky lines, the per-arm noise shape in a few bands, and the S/N per pixel of every spectrum (for the
-demo also of its targets alone, the population of the independent release's 1.9 (0.3–18)). The figure
-shows the pull histograms per class and the per-arm noise shapes.
+the default demo release at each seed (8 pixels × 400 targets) and any existing release given with
+``--archives`` (an earlier generator's, for one), and prints one markdown table: pulls per pixel class for
+all spectra and for the noise-dominated ones (S/N per pixel < 3), the fraction of pixels near sky lines,
+the per-arm noise shape in a few bands, and the S/N per pixel of every spectrum (for a demo also of its
+targets alone, the population of the independent release's 1.9 (0.3–18)). The figure shows the pull
+histograms per class and the per-arm noise shapes.
 
 ``--calibrate`` derives the demo's noise tables from the real coadds: the sky-line excess variance as
 measured, and per-arm throughputs iterated until the demo's per-arm noise shape is the real one.
@@ -26,13 +27,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
+from scipy.special import expit  # noqa: E402
 
 from qad_assets.demo import instrument  # noqa: E402
 from qad_assets.demo.release import write_demo_release  # noqa: E402
 from qad_assets.demo.settings import DemoSettings  # noqa: E402
 from qad_assets.science.io.coadd import CoaddArms, read_coadd  # noqa: E402
-from qad_assets.science.io.parquet_store import read_table  # noqa: E402
-from qad_assets.science.spectra.arms import ARM_WAVE, ARMS, BRZ_WAVE, WAVE_STEP  # noqa: E402
+from qad_assets.science.spectra.arms import ARM_WAVE, ARMS, BRZ_WAVE, WAVE_STEP, merge_arms  # noqa: E402
 from qad_assets.science.spectra.noise import (  # noqa: E402
     PIXEL_CLASSES,
     PULL_BINS,
@@ -41,6 +42,7 @@ from qad_assets.science.spectra.noise import (  # noqa: E402
     measure_noise,
     running_median,
 )
+from qad_assets.science.spectra.snr import masked_median  # noqa: E402
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "desi"
 NOISE_TABLES = instrument.DATA_DIR / "demo_noise.npz"
@@ -64,12 +66,24 @@ def real_coadds(folder: Path) -> dict[str, list[CoaddArms]]:
     }
 
 
-def demo_coadds(root: Path, seed: int, settings: DemoSettings | None = None, **kwargs: int):
-    """A demo release written under ``root``: its coadds and the S/N per pixel of its targets."""
-    demo = write_demo_release(root, seed=seed, settings=settings, **kwargs)
-    truth = read_table(demo.truth_path, columns=["objtype", "median_snr"]).to_pandas()
-    targets = truth[(truth.objtype == "TGT") & truth.median_snr.notna()].median_snr.to_numpy()
-    return [read_coadd(p) for p in demo.coadd_paths], targets
+def target_snr(coadds: list[CoaddArms]) -> np.ndarray:
+    """S/N per pixel (median flux·√ivar over the good brz pixels) of every target (OBJTYPE TGT) with data."""
+    out = []
+    for coadd in coadds:
+        flux, ivar, good = merge_arms(coadd, np.flatnonzero(coadd.fibermap["OBJTYPE"] == "TGT"))
+        snr = masked_median(flux * np.sqrt(ivar), good)
+        out.append(snr[np.isfinite(snr)])
+    return np.concatenate(out)
+
+
+def demo_coadds(root: Path, seed: int, settings: DemoSettings | None = None, **kwargs: int) -> list[CoaddArms]:
+    """The coadds of a demo release written under ``root``."""
+    return [read_coadd(p) for p in write_demo_release(root, seed=seed, settings=settings, **kwargs).coadd_paths]
+
+
+def archive_coadds(root: Path) -> list[CoaddArms]:
+    """Every healpix coadd of a DESI-format tree (an earlier demo release, for one)."""
+    return [read_coadd(p) for p in sorted(root.rglob("coadd-*.fits"))]
 
 
 def shape_bands(stats: NoiseStats) -> dict[str, float]:
@@ -130,13 +144,13 @@ def figure(columns: dict[str, NoiseStats], path: Path) -> None:
             ax.step(centres, np.where(density > 0, density, np.nan), where="mid", label=name)
         ax.plot(centres, gauss, "k:", label="N(0, 1)")
         ax.set(yscale="log", ylim=(1e-6, 1), xlabel="pull r = (flux − running median)·√ivar", title=cls)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
     for ax, arm in zip(axes[1], ARMS, strict=True):
         for name, stats in columns.items():
             ax.plot(ARM_WAVE[arm], stats.arm_shape[arm], lw=0.6, label=name)
         ax.set(yscale="log", xlabel="wavelength (Å)", ylabel="median 1/√ivar, normalized", title=f"{arm} arm")
         ax.legend(fontsize=8)
-    fig.suptitle(f"Noise: pulls of spectra with S/N < {FAINT:g} per pixel class; per-arm noise shape (all)")
+    fig.suptitle(f"Spectra with S/N < {FAINT:g} per pixel: pulls per pixel class, per-arm noise shape")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -154,14 +168,25 @@ def smooth_shape(stats: NoiseStats) -> dict[str, np.ndarray]:
     return out
 
 
-def calibrate(real: list[CoaddArms], iterations: int = 6, gain: float = 1.3) -> None:
-    """Write NOISE_TABLES: the real sky-line excess, then throughputs iterated (on a 1-pixel dark demo)
-    until the demo's per-arm noise shape of noise-dominated spectra is the real coadds'
-    (T ← T·(demo/real)^gain, each arm's median kept)."""
+def first_guess(arm: str) -> np.ndarray:
+    """Smooth starting throughputs: peak 0.30-0.32, blue roll-off, logistic dichroic edges, red fall-off."""
+    wave = ARM_WAVE[arm]
+    edge = lambda centre, width: expit((wave - centre) / width)  # noqa: E731
+    if arm == "B":
+        return 0.30 * edge(3800.0, 110.0) * (1 - edge(5790.0, 25.0))
+    if arm == "R":
+        return 0.32 * edge(5770.0, 25.0) * (1 - edge(7600.0, 40.0))
+    return 0.32 * edge(7540.0, 40.0) * np.clip(1 - ((wave - 8000.0) / 3000.0) ** 2, 0.05, None)
+
+
+def calibrate(real: list[CoaddArms], iterations: int = 8, gain: float = 1.2) -> None:
+    """Write NOISE_TABLES: the real sky-line excess, then throughputs iterated from ``first_guess`` (each
+    step on a fresh 1-pixel dark demo of 800 targets) until the demo's per-arm noise shape of
+    noise-dominated spectra is the real coadds' (T ← T·(demo/real)^gain, each arm's median kept)."""
     real_stats = measure_noise(real, max_snr=FAINT)
     excess = np.where(real_stats.sky_excess > 0.05, real_stats.sky_excess, 0.0)  # below: noise of the median
     target = smooth_shape(real_stats)
-    tables = {f"throughput_{arm}": instrument.throughput(arm).copy() for arm in ARMS}
+    tables = {f"throughput_{arm}": first_guess(arm) for arm in ARMS}
     for step in range(iterations + 1):
         np.savez_compressed(
             NOISE_TABLES, sky_excess=excess.astype(np.float32), **{k: v.astype(np.float32) for k, v in tables.items()}
@@ -170,7 +195,7 @@ def calibrate(real: list[CoaddArms], iterations: int = 6, gain: float = 1.3) -> 
         if step == iterations:
             break
         with tempfile.TemporaryDirectory() as tmp:
-            coadds, _ = demo_coadds(Path(tmp), seed=100 + step, n_pixels=1, targets_per_pixel=800)
+            coadds = demo_coadds(Path(tmp), seed=100 + step, n_pixels=1, targets_per_pixel=800)
         shape = smooth_shape(measure_noise(coadds, max_snr=FAINT))
         worst = {}
         for arm in ARMS:
@@ -186,6 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--realdata", type=Path, default=REALDATA, help="folder with the real DESI coadds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="demo seeds (default release each)")
+    parser.add_argument("--archives", type=Path, nargs="*", default=[], help="existing releases to measure too")
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/noise_realism.png"))
     parser.add_argument("--calibrate", action="store_true", help="rewrite the demo's noise tables first")
     args = parser.parse_args()
@@ -194,14 +220,16 @@ def main() -> None:
     if args.calibrate:
         calibrate(real)
     columns = {"real: all": (measure_noise(real), measure_noise(real, max_snr=FAINT), None)}
+    subsets = [f"real: {name}" for name in sources]
     for name, coadds in sources.items():
         columns[f"real: {name}"] = (measure_noise(coadds), measure_noise(coadds, max_snr=FAINT), None)
-    for seed in args.seeds:
+    demos = {f"demo seed {seed}": seed for seed in args.seeds} | {f"{path.name}": path for path in args.archives}
+    for name, source in demos.items():
         with tempfile.TemporaryDirectory() as tmp:
-            coadds, targets = demo_coadds(Path(tmp), seed)
-        columns[f"demo seed {seed}"] = (measure_noise(coadds), measure_noise(coadds, max_snr=FAINT), targets)
+            coadds = demo_coadds(Path(tmp), source) if isinstance(source, int) else archive_coadds(source)
+        columns[name] = (measure_noise(coadds), measure_noise(coadds, max_snr=FAINT), target_snr(coadds))
     print(table(columns))
-    figure({name: c[1] for name, c in columns.items()}, args.figure)
+    figure({name: c[1] for name, c in columns.items() if name not in subsets}, args.figure)
     print(f"\nfigure: {args.figure}")
 
 

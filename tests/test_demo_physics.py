@@ -19,7 +19,7 @@ def _rest_ew(wave: np.ndarray, transmission: np.ndarray, z: float, lo: float, hi
 
 @pytest.mark.parametrize("log_n", [19.0, 20.3, 21.0, 21.5])
 def test_damped_lya_equivalent_width(log_n: float) -> None:
-    """On the square-root part of the curve of growth, W_r(Lyα) = 7.3·(N_HI/10^20)^0.5 Å (Draine 2011, eq. 9.27)."""
+    """On the damped (square-root) part of the curve of growth, W_r(Lyα) ≈ 7.3·(N_HI/10^20)^0.5 Å."""
     wave = np.arange(3000.0, 6000.0, 0.05)
     transmission = np.exp(-absorbers.hi_optical_depth(wave, np.array([2.5]), np.array([log_n])))[0]
     assert _rest_ew(wave, transmission, 2.5, 1100.0, 1350.0) == pytest.approx(7.3 * 10 ** ((log_n - 20) / 2), rel=0.05)

@@ -25,8 +25,8 @@ QSOGEN = {"plslp1": -0.349, "plslp2": 0.593, "plbrk1": 3880.0, "plstep": -1.0, "
 #: 4000–5000 Å light at M_i = −23, scaling as L^(GPLIND − 1)
 BESLOPE, BENORM, FRAGAL, GPLIND = 0.183, -27.0, 0.244, 0.684
 LINE_TYPE_SCATTER = 0.4  # line type at fixed luminosity (Rankine et al. 2020: a wide C IV space at any L)
-#: extra Baldwin effect on every EW, ∝ L^-BALDWIN_SLOPE around M_i = BENORM: with qsogen's line type, C IV
-#: falls as about L^-0.15 (Dietrich et al. 2002: -0.20; Bian et al. 2012: -0.17)
+#: extra Baldwin effect on every EW, ∝ L^-BALDWIN_SLOPE around M_i = BENORM: with qsogen's line type, the
+#: C IV EW falls as about L^-0.15, inside the -0.1..-0.2 range of published slopes (Dietrich et al. 2002)
 BALDWIN_SLOPE = 0.1
 LINE_WIDTHS_KMS = (0.0, 1000.0, 2000.0)  # extra Gaussian broadening of the line templates, σ
 H0_KMS_MPC, OMEGA_M = 70.0, 0.3
