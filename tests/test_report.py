@@ -52,6 +52,8 @@ def make_metrics(full: bool = True) -> dict:
         "snr_spearman_normals": {"vae": -0.041, "pca_chi2": 0.52, "isolation_forest": 0.17},
     }
     if full:
+        metrics["injection"]["per_component"] = {c: {"fit": 0.61, "trough": 0.93, "latent": 0.5} for c in CLASSES}
+        metrics["real_injection"] = _real_block(rng)
         metrics["truth"] = _block(rng)
         metrics["seed_stability"] = {"top_fraction": 0.01, "jaccard": 0.812, "n_top": 4}
         metrics["crossmatch"] = {"catalog": "DR16Q BAL", "n_top": 12, "n_known": 5, "n_new": 7}
@@ -60,6 +62,43 @@ def make_metrics(full: bool = True) -> dict:
             "snr_independence": {"passed": False, "detail": "|ρ| 0.41 > 0.3"},
         }
     return metrics
+
+
+def _real_block(rng: np.random.Generator) -> dict:
+    """A real-spectra injection block: per class and strength, every method with its uncertainty."""
+
+    def by_method(n: int) -> dict:
+        return {
+            m: {
+                "auroc": round(float(rng.uniform(0.5, 1.0)), 3),
+                "auroc_se": 0.08,
+                "paired": round(float(rng.uniform(0.5, 1.0)), 3),
+                "paired_se": 0.05,
+                "n": n,
+            }
+            for m in METHODS
+        }
+
+    return {
+        "n_hosts": 7,
+        "n_injected": 63 * len(CLASSES),
+        "draws": 3,
+        "overall": by_method(63 * len(CLASSES)),
+        "per_class": {c: by_method(63) for c in CLASSES},
+        "per_strength": {f"s={s:g}": by_method(21 * len(CLASSES)) for s in (0.25, 0.5, 1.0)},
+        "per_component": {c: {"fit": 0.7, "trough": 0.9} for c in CLASSES},
+        "hosts": [
+            {
+                "TARGETID": 39633559467591522 + i,
+                "z": 2.2,
+                "snr": 3.5,
+                "anomaly_score": 0.4,
+                "p_value": 0.31,
+                "top_component": "latent",
+            }
+            for i in range(7)
+        ],
+    }
 
 
 def make_inputs(n: int = 400, k: int = GALLERY_MAX) -> dict:
@@ -231,6 +270,23 @@ def test_tables_show_the_metrics(full_report) -> None:
     assert tables["snr-spearman"][1] == ["VAE", "-0.041"]
 
 
+def test_real_injection_and_components_are_shown(full_report) -> None:
+    files, metrics, _ = full_report
+    tables = _parse(files.html).tables
+    real = metrics["real_injection"]
+    rows = {row[0]: row[1:] for row in tables["real-injection"][1:]}
+    assert list(rows) == ["overall", *real["per_class"], *real["per_strength"]]
+    vae = real["per_class"][CLASSES[1]]["vae"]
+    assert rows[CLASSES[1]][0] == str(vae["n"])
+    assert rows[CLASSES[1]][1] == f"{vae['auroc']:.3f} ± {vae['auroc_se']:.2f}"
+    assert rows[CLASSES[1]][-1] == f"{vae['paired']:.3f} ± {vae['paired_se']:.2f}"
+    assert len(tables["real-hosts"]) == 1 + real["n_hosts"]
+    components = tables["injection-components"]
+    assert components[0] == ["class", "fit", "trough", "latent"] and components[1][2] == "0.930"
+    assert "real-injection-components" in tables
+    assert "Real DESI quasars (7 hosts" in files.summary_markdown
+
+
 def test_best_method_per_row_is_highlighted(full_report) -> None:
     files, metrics, _ = full_report
     text = files.html.read_text(encoding="utf-8")
@@ -281,7 +337,7 @@ def test_output_is_deterministic_and_optional_parts_absent(tmp_path: Path) -> No
         assert path.read_bytes() == second.figures[name].read_bytes()
     page = _parse(first.html)
     assert not {"verdict", "seed-stability", "crossmatch-summary"} & page.ids
-    assert not {"crossmatch", "truth-overall"} & set(page.tables)
+    assert not {"crossmatch", "truth-overall", "real-injection", "injection-components"} & set(page.tables)
     assert "catalogue" not in page.tables["candidates"][0]
     assert not list(tmp_path.rglob("*.tmp"))
 

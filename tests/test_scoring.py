@@ -4,7 +4,9 @@ End to end on a small demo release (3 pixels × 300 rows, ~600 kept quasars): ``
 ``read_spectra_file`` → ``normalized_table`` → a small VAE trained for a few epochs → scorer and
 baselines. Rows split three ways by TARGETID hash: the model trains on hash ≥ 0.3; the scorer
 calibrates on hash < 0.15 (and on the training rows, for those); hash 0.15–0.3 is a *test band* that
-neither saw, on which p-values must be uniform. Measured figures are printed (``pytest -s`` shows them).
+neither saw, on which p-values must be uniform. Injections go into the held-out normals' observed
+spectra (their ``raw_spectra`` rows) and into the real DESI quasars of ``tests/data``, and are normalized
+as the pipeline does. Measured figures are printed (``pytest -s`` shows them).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from scipy.stats import kstest
 
 from qad_assets.demo import read_demo_spectra
 from qad_assets.demo.release import DemoRelease
+from qad_assets.science.io.spectra_file import read_spectra_file
 from qad_assets.science.model.scoring import Scorer, fit_scorer, score_spectra
 from qad_assets.science.model.split import select_rows
 from qad_assets.science.model.training import TrainOptions, train_vae
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig
-from qad_assets.science.spectra.arms import arm_index
+from qad_assets.science.spectra.arms import BRZ_WAVE, arm_index
 from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.features import pixels
 from qad_assets.science.spectra.rest_frame import REGION_NAMES, REST_GRID
@@ -36,7 +39,10 @@ from qad_assets.science.validation.evaluation import (
     spearman,
     top_jaccard,
 )
-from qad_assets.science.validation.injection import INJECTION_CLASSES, injection_set, scale_signal, shift_spectra
+from qad_assets.science.validation.harness import real_injection_recovery, rest_frame
+from qad_assets.science.validation.injection import INJECTION_CLASSES, Hosts, apply, injection_set
+from qad_assets.science.validation.real_quasars import real_quasars
+from tests.conftest import DATA
 
 MODEL_VAL_FRACTION = 0.3  # the model never sees hash < 0.3
 SCORER_VAL_FRACTION = 0.15  # the scorer calibrates on hash < 0.15; 0.15–0.3 is the test band
@@ -83,11 +89,23 @@ def fitted(release: Spectra) -> Fitted:
 
 
 @pytest.fixture(scope="module")
-def injected(release: Spectra) -> tuple[Spectra, pa.Table, Spectra]:
-    """Every class at strengths 0.25, 0.5, 1 on held-out normal hosts, and those hosts."""
-    hosts = release[select_rows(release.targetid, "val", MODEL_VAL_FRACTION) & normal(release)]
-    spectra, labels = injection_set(hosts, REST_GRID, per_class=45, rng=np.random.default_rng(0))
-    return spectra, labels, hosts
+def observed_hosts(medium_demo: DemoRelease, release: Spectra) -> Spectra:
+    """The held-out normal quasars' observed spectra (their ``raw_spectra`` rows)."""
+    raw = pa.concat_tables(
+        read_spectra_file(c, r, release=medium_demo.release).spectra
+        for c, r in zip(medium_demo.coadd_paths, medium_demo.redrock_paths, strict=True)
+    )
+    observed = Spectra.from_table(raw, BRZ_WAVE)
+    normals = release.targetid[normal(release)]
+    return observed[select_rows(observed.targetid, "val", MODEL_VAL_FRACTION) & np.isin(observed.targetid, normals)]
+
+
+@pytest.fixture(scope="module")
+def injected(observed_hosts: Spectra) -> tuple[Spectra, pa.Table, Spectra]:
+    """Every class at strengths 0.25, 0.5, 1 in held-out normal hosts' observed spectra, normalized as the
+    pipeline does, and those hosts (normalized from the same observed rows)."""
+    made = injection_set(observed_hosts, per_class=45, rng=np.random.default_rng(0))
+    return rest_frame(made.spectra), made.labels, rest_frame(observed_hosts)
 
 
 def test_scores_are_finite_and_p_values_in_range(release: Spectra, fitted: Fitted) -> None:
@@ -147,10 +165,12 @@ def test_injected_anomalies_score_higher(fitted: Fitted, injected: tuple[Spectra
 
 
 def _civ_trough(flux: np.ndarray, ivar: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A 90 % deep trough over 1505–1540 Å (≈ 2000–8500 km/s outflow of C IV)."""
-    transmission = np.ones_like(flux)
+    """A 90 % deep trough over 1505–1540 Å (≈ 2000–8500 km/s outflow of C IV), noise kept at the host's."""
+    hosts = Hosts(Spectra(REST_GRID.wave, flux, ivar, np.zeros(len(flux), np.int64), np.zeros(len(flux))))
+    transmission = np.ones(flux.shape)
     transmission[:, pixels(REST_GRID, 1505.0, 1540.0)] = 0.1
-    return scale_signal(flux.astype(np.float64), ivar.astype(np.float64), transmission, rng)
+    out = apply(hosts, replace(hosts.none(), transmission=transmission), rng)
+    return out.flux, out.ivar
 
 
 def test_explanations_on_constructed_cases(release: Spectra, fitted: Fitted) -> None:
@@ -203,18 +223,35 @@ def test_baselines_are_finite_and_find_obvious_injections(
         assert auroc >= BASELINE_AUROC
 
 
-def test_injections_are_physical() -> None:
-    rng = np.random.default_rng(0)
-    flux = np.tile(np.linspace(1.0, 2.0, 64), (3, 1))
-    ivar = np.full_like(flux, 4.0)
-    moved, moved_ivar = shift_spectra(flux, ivar, np.array([2.0, -3.0, 0.5]))
-    np.testing.assert_allclose(moved[0, 2:], flux[0, :-2])
-    assert (moved_ivar[0, :2] == 0).all() and (moved_ivar[1, -3:] == 0).all()
-    np.testing.assert_allclose(moved[2, 1:], 0.5 * (flux[2, :-1] + flux[2, 1:]))
-    noise = rng.standard_normal((2000, 64)) / 2.0  # σ = 0.5 ↔ ivar 4
-    dimmed, dimmed_ivar = scale_signal(10.0 + noise, np.full_like(noise, 4.0), np.full_like(noise, 0.3), rng)
-    assert abs(dimmed.std() - 0.5) < 0.02 and abs(dimmed.mean() - 3.0) < 0.02
-    np.testing.assert_array_equal(dimmed_ivar, 4.0)  # sky-limited noise does not dim with the quasar
+def test_real_spectra_harness_end_to_end(release: Spectra, fitted: Fitted) -> None:
+    """The real DESI quasars of tests/data are the packaged hosts; every class goes into each and is scored."""
+    picca = DATA / "desi" / "picca"
+    tables = [
+        read_spectra_file(picca / coadd, None, release="fuji", qso_catalog=picca / catalogue).spectra
+        for coadd, catalogue in (
+            ("coadd-sv3-dark-9144.fits", "QSO_cat_fuji_dark_healpix.fits.gz"),
+            ("coadd-1-80693-thru20210204.fits", "QSO_cat_fuji_dark_tile.fits.gz"),
+        )
+    ]
+    from_tests = Spectra.from_table(pa.concat_tables(tables), BRZ_WAVE)
+    packaged = real_quasars()
+    np.testing.assert_array_equal(packaged.targetid, from_tests.targetid)
+    np.testing.assert_array_equal(packaged.flux, from_tests.flux)
+    np.testing.assert_array_equal(packaged.ivar, from_tests.ivar)
+    np.testing.assert_array_equal(packaged.z, from_tests.z)
+    pca = PcaBaseline(REST_GRID, n_components=4, n_iter=4).fit(release, val_fraction=MODEL_VAL_FRACTION)
+    forest = IsolationForestBaseline(pca, n_estimators=50).fit(release, val_fraction=MODEL_VAL_FRACTION)
+    out = real_injection_recovery(fitted.model, fitted.scorer, (pca, forest), draws=1, seed=0)
+    metrics = out.metrics
+    assert metrics["n_hosts"] == 7 and metrics["n_injected"] == 7 * 3 * len(INJECTION_CLASSES)
+    assert set(metrics["per_class"]) == set(INJECTION_CLASSES)
+    assert [h["TARGETID"] for h in metrics["hosts"]] == packaged.targetid.tolist()
+    for cls, block in metrics["per_class"].items():
+        vae = block["vae"]
+        assert vae["n"] == 21 and 0 <= vae["auroc"] <= 1 and vae["auroc_se"] >= 0 and 0 <= vae["paired"] <= 1, cls
+        print(f"\nreal hosts, {cls:14s} VAE AUROC {vae['auroc']:.2f} ± {vae['auroc_se']:.2f}", end="")
+    assert out.table.num_rows == 7 * 3 * len(INJECTION_CLASSES) + 7
+    assert np.isfinite(out.table["score_vae"].to_numpy()).all()
 
 
 def test_metrics() -> None:

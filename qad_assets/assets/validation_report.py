@@ -30,6 +30,9 @@ class ValidationConfig(dg.Config):
         "included; 0.88 on the default demo release, ≥ 0.94 per class at full strength)",
     )
     injections_per_class: int = 60
+    real_injection_draws: int = Field(
+        default=3, description="injections per class and strength into each packaged real DESI quasar; 0: skip"
+    )
     stability_seed: int = Field(default=1, description="seed of a second model for ranking stability; -1: skip")
     crossmatch_catalog: str = Field(default="", description="FITS/CSV/Parquet catalogue to cross-match (optional)")
     gallery_size: int = 12
@@ -63,9 +66,10 @@ def validation_report(
     mlflow: MlflowResource,
     labels: LabelStoreResource,
 ) -> dg.MaterializeResult:
-    """Injection–recovery of seven anomaly classes with the VAE next to PCA and Isolation Forest
-    baselines, truth metrics when the release has a truth table, the ranking's precision on the candidates
-    astronomers labelled (the label database), ranking stability across seeds,
+    """Injection–recovery of nine anomaly classes (into the release's held-out normals and into real DESI
+    quasars) with the VAE next to PCA and Isolation Forest baselines, truth metrics when the release has a
+    truth table, the ranking's precision on the candidates astronomers labelled (the label database),
+    ranking stability across seeds,
     cross-match of the top candidates, and one self-contained HTML report. When both checks pass the
     release's model version becomes ``champion``.
     """
@@ -93,6 +97,7 @@ def validation_report(
         stability_seed=config.stability_seed if config.stability_seed >= 0 else None,
         catalogue=read_catalogue(config.crossmatch_catalog) if config.crossmatch_catalog else None,
         raw_files=sorted(storage.asset_dir("raw_spectra", release).glob("*.parquet")),
+        real_draws=config.real_injection_draws,
     )
     vae_auroc, pca_auroc = result.overall_auroc("vae"), result.overall_auroc("pca_chi2")
     checks = {

@@ -131,3 +131,31 @@ def top_jaccard(scores_a: np.ndarray, scores_b: np.ndarray, fraction: float = TO
     top_a = set(np.argsort(-np.nan_to_num(scores_a, nan=-np.inf), kind="stable")[:n_top].tolist())
     top_b = set(np.argsort(-np.nan_to_num(scores_b, nan=-np.inf), kind="stable")[:n_top].tolist())
     return len(top_a & top_b) / len(top_a | top_b)
+
+
+def auroc_standard_error(auroc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC from ``n_pos`` anomalies and ``n_neg`` normals (Hanley & McNeil 1982):
+    with few of either it is wide, whatever the AUROC. NaN when the AUROC is."""
+    if not np.isfinite(auroc) or n_pos < 1 or n_neg < 1:
+        return math.nan
+    q1, q2 = auroc / (2.0 - auroc), 2.0 * auroc**2 / (1.0 + auroc)
+    variance = (auroc * (1 - auroc) + (n_pos - 1) * (q1 - auroc**2) + (n_neg - 1) * (q2 - auroc**2)) / (n_pos * n_neg)
+    return float(math.sqrt(max(variance, 0.0)))
+
+
+def binomial_standard_error(fraction: float, n: int) -> float:
+    """√(p(1 − p)/n) of a fraction measured on ``n`` trials (NaN for none)."""
+    if n < 1 or not np.isfinite(fraction):
+        return math.nan
+    return float(math.sqrt(fraction * (1.0 - fraction) / n))
+
+
+def component_auroc(
+    group_labels: np.ndarray, labels: np.ndarray, components: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """AUROC of every score component per group (``{group: {component: auroc}}``), groups as in
+    :func:`metrics_by`: which component sees which kind of anomaly. An unmeasured (NaN) component value
+    counts as typical (0), as the detector's combination counts it."""
+    filled = {name: np.nan_to_num(np.asarray(v, np.float64), nan=0.0) for name, v in components.items()}
+    by = metrics_by(group_labels, labels, filled)
+    return {group: {name: m["auroc"] for name, m in methods.items()} for group, methods in by.items()}

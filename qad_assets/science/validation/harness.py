@@ -1,7 +1,10 @@
 """Validation of a release's detector: injection–recovery against baselines, truth, stability, cross-match.
 
-Everything the ``validation_report`` asset shows is computed here from arrays and tables, so the same
-harness runs in tests, in benchmarks and in the pipeline.
+Injection–recovery runs twice: into the release's own held-out normal quasars, and into the real DESI
+quasars packaged with the harness (:mod:`.real_quasars`). Both inject into observed spectra (the
+``raw_spectra`` rows) and then normalize as the pipeline does (:mod:`.injection`). Everything the
+``validation_report`` asset shows is computed here from arrays and tables, so the same harness runs in
+tests, in benchmarks and in the pipeline.
 """
 
 from __future__ import annotations
@@ -11,24 +14,41 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qad_assets.science.io.parquet_store import read_table
+from qad_assets.science.io.parquet_store import SPECTRUM_COLUMNS, read_table
 from qad_assets.science.model.package import ModelPackage
 from qad_assets.science.model.scoring import Scorer, fit_scorer, score_spectra
 from qad_assets.science.model.split import select_rows
 from qad_assets.science.model.training import TrainOptions, train_vae
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, reconstruct
+from qad_assets.science.spectra.arms import BRZ_WAVE
 from qad_assets.science.spectra.container import Spectra, list_to_numpy
+from qad_assets.science.spectra.normalization import normalize_batch
 from qad_assets.science.spectra.rest_frame import REST_GRID
 from qad_assets.science.validation.baselines import IsolationForestBaseline, PcaBaseline
-from qad_assets.science.validation.evaluation import detection_metrics, metrics_report, spearman, top_jaccard
+from qad_assets.science.validation.evaluation import (
+    auroc_standard_error,
+    binomial_standard_error,
+    component_auroc,
+    detection_metrics,
+    metrics_by,
+    metrics_report,
+    spearman,
+    top_jaccard,
+)
 from qad_assets.science.validation.injection import injection_set
+from qad_assets.science.validation.real_quasars import real_quasars
 from qad_assets.science.validation.report import Gallery
 
 #: Held-out spectra with a p-value below this are not used as normal hosts for injections.
 NORMAL_P_VALUE = 0.05
+#: Normal hosts whose observed spectra are read back for injection, at most (a random subset).
+MAX_HOSTS = 1000
+#: Injections of every class and strength into each real quasar.
+REAL_DRAWS = 3
 
 
 def fit_baselines(spectra: Spectra, val_fraction: float) -> tuple[PcaBaseline, IsolationForestBaseline]:
@@ -36,6 +56,21 @@ def fit_baselines(spectra: Spectra, val_fraction: float) -> tuple[PcaBaseline, I
     pca = PcaBaseline(REST_GRID).fit(spectra, val_fraction=val_fraction)
     forest = IsolationForestBaseline(pca).fit(spectra, val_fraction=val_fraction)
     return pca, forest
+
+
+def scored(
+    model: SpectrumVAE,
+    scorer: Scorer,
+    baselines: tuple[PcaBaseline, IsolationForestBaseline],
+    spectra: Spectra,
+    *,
+    in_training: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The detector's whole output (:func:`score_spectra`) and every method's anomaly score (higher = more
+    anomalous) for the same spectra."""
+    pca, forest = baselines
+    vae = score_spectra(model, scorer, spectra, REST_GRID, in_training=in_training)
+    return vae, {"vae": vae["anomaly_score"], "pca_chi2": pca.score(spectra), "isolation_forest": forest.score(spectra)}
 
 
 def method_scores(
@@ -47,15 +82,49 @@ def method_scores(
     from_training_release: bool = False,
 ) -> dict[str, np.ndarray]:
     """Every method's anomaly score (higher = more anomalous) for the same spectra."""
-    pca, forest = baselines
     in_training = scorer.training_rows(spectra.targetid) if from_training_release else None
-    vae = score_spectra(model, scorer, spectra, REST_GRID, in_training=in_training)
-    return {"vae": vae["anomaly_score"], "pca_chi2": pca.score(spectra), "isolation_forest": forest.score(spectra)}
+    return scored(model, scorer, baselines, spectra, in_training=in_training)[1]
 
 
 def normal_hosts(spectra: Spectra, p_value: np.ndarray, val_fraction: float) -> np.ndarray:
     """Held-out rows (never trained on) judged normal by the detector itself."""
     return select_rows(spectra.targetid, "val", val_fraction) & (p_value >= NORMAL_P_VALUE)
+
+
+def read_observed(raw_files: Sequence[Path], targetid: np.ndarray) -> Spectra:
+    """The ``raw_spectra`` rows (observed ``brz`` spectra) of these TARGETIDs, in the order given; a
+    TARGETID no file holds is left out."""
+    wanted = np.asarray(targetid, np.int64)
+    tables = [
+        pl.scan_parquet(path)
+        .filter(pl.col("TARGETID").is_in(wanted.tolist()))
+        .select(["TARGETID", "Z", "flux", "ivar"])
+        .collect()
+        .to_arrow()
+        for path in raw_files
+    ]
+    if not tables:
+        return Spectra.empty(BRZ_WAVE)
+    observed = Spectra.from_table(pa.concat_tables(tables), BRZ_WAVE)
+    position = {t: i for i, t in enumerate(observed.targetid.tolist())}
+    return observed[np.asarray([position[t] for t in wanted.tolist() if t in position], np.int64)]
+
+
+def rest_frame(observed: Spectra) -> Spectra:
+    """Observed spectra through the pipeline's normalization, with the columns scoring uses."""
+    rest = normalize_batch(observed)
+    return replace(rest, columns={name: rest.columns[name] for name in SPECTRUM_COLUMNS})
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What an injection–recovery run measured: metrics, one row per spectrum, |ρ(score, S/N)| of the
+    uninjected hosts, and the detector's whole output for every row (injected first, then the hosts)."""
+
+    metrics: dict
+    table: pa.Table
+    rho: dict[str, float]
+    vae: dict[str, np.ndarray]
 
 
 def injection_recovery(
@@ -66,30 +135,141 @@ def injection_recovery(
     *,
     per_class: int,
     seed: int,
-) -> tuple[dict, pa.Table, dict[str, float]]:
-    """Inject every anomaly class into normal hosts, score injected and untouched hosts with every
-    method, and return (metrics, the per-spectrum table, |Spearman ρ(score, S/N)| on the hosts).
+) -> Recovery:
+    """Inject every anomaly class into observed normal ``hosts`` (``raw_spectra`` rows), normalize the
+    injected spectra and the untouched hosts as the pipeline does, score both with every method and
+    measure how well the injected ones stand out: overall, per class, subclass, strength, S/N and
+    redshift, and per score component.
     """
-    injected, labels = injection_set(hosts, REST_GRID, per_class=per_class, rng=np.random.default_rng(seed))
-    both = Spectra.concat([injected, hosts])
-    scores = method_scores(model, scorer, baselines, both)
-    n_inj, n_host = len(injected.z), len(hosts.z)
+    made = injection_set(hosts, per_class=per_class, rng=np.random.default_rng(seed))
+    both = rest_frame(Spectra.concat([made.spectra, hosts]))
+    vae, scores = scored(model, scorer, baselines, both)
+    n_inj, n_host = len(made.spectra), len(hosts)
+    labels = made.labels
     classes = np.concatenate([np.asarray(labels["class"].to_pylist()), np.full(n_host, "")])
+    subclasses = np.concatenate([np.asarray(labels["subclass"].to_pylist()), np.full(n_host, "")])
+    strength = np.concatenate([labels["strength"].to_numpy(), np.zeros(n_host)])
     label = classes != ""
     metrics = metrics_report(label, classes, both.snr, both.z, scores)
-    rho = {m: abs(spearman(s[n_inj:], hosts.snr)) for m, s in scores.items()}
+    metrics["per_subclass"] = metrics_by(np.where(subclasses != classes, subclasses, ""), label, scores)
+    metrics["per_strength"] = metrics_by(np.where(label, [f"s={s:g}" for s in strength], ""), label, scores)
+    metrics["per_component"] = component_auroc(classes, label, _components(vae))
+    metrics["n_injected"], metrics["n_hosts"] = n_inj, n_host
+    rho = {m: abs(spearman(s[n_inj:], both.snr[n_inj:])) for m, s in scores.items()}
     table = pa.table(
         {
             "TARGETID": both.targetid,
             "class": np.where(label, classes, "normal"),
-            "strength": np.concatenate([labels["strength"].to_numpy(), np.zeros(n_host)]),
+            "subclass": np.where(label, subclasses, "normal"),
+            "strength": strength,
             "snr": both.snr,
             "z": both.z,
             "label": label.astype(np.int8),
             **{f"score_{m}": s for m, s in scores.items()},
+            "top_component": vae["top_component"],
+            "detail": labels["detail"].to_pylist() + [""] * n_host,
         }
     )
-    return metrics, table, rho
+    return Recovery(metrics, table, rho, vae)
+
+
+def _components(vae: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key[2:]: value for key, value in vae.items() if key.startswith("z_")}
+
+
+def real_injection_recovery(
+    model: SpectrumVAE,
+    scorer: Scorer,
+    baselines: tuple[PcaBaseline, IsolationForestBaseline],
+    *,
+    draws: int,
+    seed: int,
+    hosts: Spectra | None = None,
+) -> Recovery:
+    """Injection–recovery on real DESI quasars (:func:`~.real_quasars.real_quasars` unless ``hosts``):
+    every class at every strength ``draws`` times into each, judged against the uninjected real
+    spectra. With so few real normals the AUROC carries its Hanley–McNeil standard error; ``paired`` is
+    the fraction of injected spectra scoring above their own uninjected host (binomial error), and
+    ``hosts`` lists how the real quasars themselves score.
+    """
+    hosts = real_quasars() if hosts is None else hosts
+    made = injection_set(hosts, draws=draws, rng=np.random.default_rng(seed))
+    both = rest_frame(Spectra.concat([made.spectra, hosts]))
+    vae, scores = scored(model, scorer, baselines, both)
+    n_inj, n_host = len(made.spectra), len(hosts)
+    labels = made.labels
+    classes = np.asarray(labels["class"].to_pylist())
+    host_of = {t: i for i, t in enumerate(hosts.targetid.tolist())}
+    own = n_inj + np.asarray([host_of[t] for t in labels["TARGETID"].to_pylist()], np.int64)
+
+    def block(rows: np.ndarray) -> dict[str, dict[str, float]]:
+        out = {}
+        for method, score in scores.items():
+            injected, normal = score[rows], score[n_inj:]
+            auroc = detection_metrics(np.r_[np.ones(rows.size, bool), np.zeros(n_host, bool)], np.r_[injected, normal])[
+                "auroc"
+            ]
+            paired = float(np.mean(np.nan_to_num(injected, nan=-np.inf) > np.nan_to_num(score[own[rows]], nan=np.inf)))
+            out[method] = {
+                "auroc": auroc,
+                "auroc_se": auroc_standard_error(auroc, rows.size, n_host),
+                "paired": paired,
+                "paired_se": binomial_standard_error(paired, rows.size),
+                "n": int(rows.size),
+            }
+        return out
+
+    per_class = {cls: block(np.flatnonzero(classes == cls)) for cls in dict.fromkeys(classes.tolist())}
+    strengths = labels["strength"].to_numpy()
+    per_strength = {f"s={s:g}": block(np.flatnonzero(strengths == s)) for s in sorted(set(strengths.tolist()))}
+    host_rows = slice(n_inj, None)
+    metrics = {
+        "n_hosts": n_host,
+        "n_injected": n_inj,
+        "draws": draws,
+        "overall": block(np.arange(n_inj)),
+        "per_class": per_class,
+        "per_strength": per_strength,
+        "per_component": component_auroc(
+            np.r_[classes, np.full(n_host, "")], np.arange(len(both)) < n_inj, _components(vae)
+        ),
+        "hosts": [
+            {
+                "TARGETID": int(t),
+                "z": float(z),
+                "snr": float(snr),
+                "anomaly_score": float(score),
+                "p_value": float(p),
+                "top_component": str(top),
+            }
+            for t, z, snr, score, p, top in zip(
+                both.targetid[host_rows],
+                both.z[host_rows],
+                both.snr[host_rows],
+                vae["anomaly_score"][host_rows],
+                vae["p_value"][host_rows],
+                vae["top_component"][host_rows],
+                strict=True,
+            )
+        ],
+    }
+    label = np.arange(len(both)) < n_inj
+    table = pa.table(
+        {
+            "TARGETID": both.targetid,
+            "class": np.r_[classes, np.full(n_host, "normal")],
+            "subclass": np.r_[np.asarray(labels["subclass"].to_pylist()), np.full(n_host, "normal")],
+            "strength": np.r_[strengths, np.zeros(n_host)],
+            "snr": both.snr,
+            "z": both.z,
+            "label": label.astype(np.int8),
+            **{f"score_{m}": s for m, s in scores.items()},
+            "top_component": vae["top_component"],
+            "detail": labels["detail"].to_pylist() + [""] * n_host,
+        }
+    )
+    rho = {m: abs(spearman(s[n_inj:], both.snr[n_inj:])) for m, s in scores.items()}
+    return Recovery(metrics, table, rho, vae)
 
 
 def truth_metrics(truth: pa.Table, spectra: Spectra, scores: dict[str, np.ndarray]) -> dict:
@@ -208,13 +388,14 @@ def json_safe(value: object) -> object:
 
 @dataclass(frozen=True)
 class ReleaseValidation:
-    """Everything the report shows: metrics, the injection table, the cross-match, gallery and map."""
+    """Everything the report shows: metrics, the injection tables, the cross-match, gallery and map."""
 
     metrics: dict
     injections: pa.Table
     crossmatch: pa.Table | None
     gallery: Gallery
     latent_2d: np.ndarray
+    real_injections: pa.Table | None = None
 
     def overall_auroc(self, method: str) -> float:
         return float(self.metrics["injection"]["overall"][method]["auroc"])
@@ -228,28 +409,38 @@ def validate_release(
     trained_on_release: bool,
     per_class: int,
     gallery_size: int,
+    raw_files: Sequence[Path],
     truth: pa.Table | None = None,
     stability_seed: int | None = None,
     catalogue: pa.Table | None = None,
-    raw_files: Sequence[Path] = (),
+    real_draws: int = REAL_DRAWS,
+    seed: int = 0,
 ) -> ReleaseValidation:
-    """Injection–recovery on held-out normals with the VAE next to both baselines, truth metrics when a
-    truth table is given, ranking stability against a model retrained with the package's own recipe and
-    ``stability_seed``, and the cross-match of the top 100 candidates with ``catalogue`` (positions from
-    ``raw_files``). ``spectra`` are the release's, ``scores`` their ``anomaly_scores`` rows, aligned;
-    ``trained_on_release`` when the package was trained on this release. The held-out split is the
-    one the package was trained with.
+    """Injection–recovery on held-out normals (their observed spectra read back from ``raw_files``) and on
+    the packaged real DESI quasars (``real_draws`` per class and strength; 0 skips it) with the VAE next to
+    both baselines, truth metrics when a truth table is given, ranking stability against a model
+    retrained with the package's own recipe and ``stability_seed``, and the cross-match of the top 100
+    candidates with ``catalogue`` (positions from ``raw_files``). ``spectra`` are the release's, ``scores``
+    their ``anomaly_scores`` rows, aligned; ``trained_on_release`` when the package was trained on this
+    release. The held-out split is the one the package was trained with.
     """
     model, scorer, val_fraction = package.model, package.scorer, package.options.val_fraction
     baselines = fit_baselines(spectra, val_fraction)
-    hosts = spectra[normal_hosts(spectra, scores["p_value"].to_numpy(), val_fraction)]
-    injection, injections, rho = injection_recovery(model, scorer, baselines, hosts, per_class=per_class, seed=0)
+    rng = np.random.default_rng(seed)
+    candidates = np.flatnonzero(normal_hosts(spectra, scores["p_value"].to_numpy(), val_fraction))
+    chosen = np.sort(rng.choice(candidates, min(MAX_HOSTS, candidates.size), replace=False))
+    hosts = read_observed(raw_files, spectra.targetid[chosen])
+    recovery = injection_recovery(model, scorer, baselines, hosts, per_class=per_class, seed=seed)
     metrics: dict = {
         "n_scored": len(spectra.z),
-        "n_heldout_normal": len(hosts.z),
-        "injection": injection,
-        "snr_spearman_normals": rho,
+        "n_heldout_normal": len(hosts),
+        "injection": recovery.metrics,
+        "snr_spearman_normals": recovery.rho,
     }
+    real = None
+    if real_draws > 0:
+        real_recovery = real_injection_recovery(model, scorer, baselines, draws=real_draws, seed=seed)
+        metrics["real_injection"], real = real_recovery.metrics, real_recovery.table
     all_scores = method_scores(model, scorer, baselines, spectra, from_training_release=trained_on_release)
     if truth is not None:
         metrics["truth"] = truth_metrics(truth, spectra, all_scores)
@@ -265,8 +456,9 @@ def validate_release(
     top_region = scores["top_region"].to_numpy(zero_copy_only=False)
     return ReleaseValidation(
         metrics=metrics,
-        injections=injections,
+        injections=recovery.table,
         crossmatch=matched,
         gallery=gallery(model, spectra, scores["anomaly_score"].to_numpy(), top_region, gallery_size),
         latent_2d=latent_map(list_to_numpy(scores["latent"])),
+        real_injections=real,
     )
