@@ -151,7 +151,10 @@ def injection_recovery(
     strength = np.concatenate([labels["strength"].to_numpy(), np.zeros(n_host)])
     label = classes != ""
     metrics = metrics_report(label, classes, both.snr, both.z, scores)
-    metrics["per_subclass"] = metrics_by(np.where(subclasses != classes, subclasses, ""), label, scores)
+    split = ~label | (subclasses != classes)  # the normals and the injections of classes with subclasses
+    metrics["per_subclass"] = metrics_by(
+        np.where(label, subclasses, "")[split], label[split], {m: s[split] for m, s in scores.items()}
+    )
     metrics["per_strength"] = metrics_by(np.where(label, [f"s={s:g}" for s in strength], ""), label, scores)
     metrics["per_component"] = component_auroc(classes, label, _components(vae))
     metrics["n_injected"], metrics["n_hosts"] = n_inj, n_host
