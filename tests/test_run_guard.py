@@ -7,6 +7,7 @@ process that gets SIGKILL while its step holds the pool's slot.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -158,3 +159,27 @@ def test_qad_run_takes_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
+
+
+def test_the_daemon_frees_the_slots_of_a_run_that_ended_holding_them(storage: Path, monkeypatch) -> None:
+    """Runs launched from the UI are watched by the daemon: with the instance template's run monitoring, a run
+    marked failed (run monitoring does that when its worker dies) has its pool slots freed."""
+    import datetime
+    from types import SimpleNamespace
+
+    from dagster._daemon.monitoring import concurrency
+
+    killed = start_child(storage, "run", 120, "TRAINING")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    with dg.DagsterInstance.from_config(str(storage / "dagster_home")) as instance:
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 60
+        (dead,) = instance.get_runs()
+        instance.report_run_failed(dead, "its worker died")
+        assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids == {dead.run_id}
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=120)
+        monkeypatch.setattr(concurrency, "get_current_datetime", lambda: later)
+        context = SimpleNamespace(instance=instance)
+        list(concurrency.execute_concurrency_slots_iteration(context, logging.getLogger("test")))
+        assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids == set()
+        assert run_with_deadline(instance, 60, tags=run_tags()).success
