@@ -50,8 +50,8 @@ def spectrum_layout() -> dict[str, Any]:
     named so that the page can fill them with :func:`spectrum_data`.
     """
     spectrum = ColumnDataSource({name: [] for name in SPECTRUM_COLUMNS}, name="spectrum")
-    lines = ColumnDataSource({"x": [], "name": []}, name="lines")
-    sky = ColumnDataSource({"x": [], "name": []}, name="sky")
+    lines = ColumnDataSource({"x": [], "name": [], "y": []}, name="lines")
+    sky = ColumnDataSource({"x": [], "name": [], "y": []}, name="sky")
     region = ColumnDataSource({"x0": [], "x1": []}, name="region")
     x_range = Range1d(3600, 9800, name="x_range")
     top = figure(
@@ -88,10 +88,10 @@ def spectrum_layout() -> dict[str, Any]:
         fig.vspan(x="x", source=lines, line_color="#2ca02c", line_dash="dashed")
         fig.vspan(x="x", source=sky, line_color="#9467bd", line_dash="dotted")
     top.add_layout(
-        LabelSet(x="x", y=4, y_units="screen", text="name", source=lines, text_font_size="9pt", text_color="#2ca02c")
+        LabelSet(x="x", y="y", y_units="screen", text="name", source=lines, text_font_size="9pt", text_color="#2ca02c")
     )
     top.add_layout(
-        LabelSet(x="x", y=18, y_units="screen", text="name", source=sky, text_font_size="8pt", text_color="#9467bd")
+        LabelSet(x="x", y="y", y_units="screen", text="name", source=sky, text_font_size="8pt", text_color="#9467bd")
     )
     top.legend.location = "top_right"
     top.legend.click_policy = "hide"
@@ -134,8 +134,8 @@ def spectrum_data(view: SpectrumView, *, frame: Frame, smoothing: int, region: s
     strip = REGION_RANGES.get(region or "")
     return {
         "spectrum": {name: _json_array(values, 2 if name == "wave" else 4) for name, values in columns.items()},
-        "lines": _marks(lines, x_lo, x_hi),
-        "sky": _marks(sky, x_lo, x_hi),
+        "lines": _marks(lines, x_lo, x_hi, rows=(4, 16)),
+        "sky": _marks(sky, x_lo, x_hi, rows=(30, 42)),
         "region": {"x0": [max(strip[0] * to_frame, x_lo)], "x1": [strip[1] * to_frame]}
         if strip
         else {"x0": [], "x1": []},
@@ -145,9 +145,12 @@ def spectrum_data(view: SpectrumView, *, frame: Frame, smoothing: int, region: s
     }
 
 
-def _marks(marks: dict[str, float], lo: float, hi: float) -> dict[str, list]:
+def _marks(marks: dict[str, float], lo: float, hi: float, rows: tuple[int, int]) -> dict[str, list]:
+    """Marks inside [lo, hi], their labels on two alternating heights (screen px): neighbours such as
+    Lyα and N V, or [O I] 6300 and 6364, do not print over each other.
+    """
     inside = {name: round(x, 2) for name, x in marks.items() if lo <= x <= hi}
-    return {"x": list(inside.values()), "name": list(inside)}
+    return {"x": list(inside.values()), "name": list(inside), "y": [rows[i % 2] for i in range(len(inside))]}
 
 
 def _json_array(values: np.ndarray, decimals: int) -> list[float | None]:

@@ -116,7 +116,14 @@ function renderTable() {
 function highlight() {
   const rows = $("#candidates tbody").rows;
   for (let i = 0; i < rows.length; i++) rows[i].classList.toggle("selected", i === state.selected);
-  if (rows[state.selected]) rows[state.selected].scrollIntoView({ block: "nearest" });
+  const row = rows[state.selected];
+  if (!row) return;
+  const pane = $(".table-scroll"); // scroll it vertically only: a row is wider than the pane
+  const box = pane.getBoundingClientRect();
+  const top = box.top + $("#candidates thead").getBoundingClientRect().height;
+  const { top: rowTop, bottom: rowBottom } = row.getBoundingClientRect();
+  if (rowTop < top) pane.scrollTop -= top - rowTop;
+  else if (rowBottom > box.bottom) pane.scrollTop += rowBottom - box.bottom;
 }
 
 function sortBy(column) {
