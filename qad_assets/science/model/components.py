@@ -10,14 +10,15 @@ quasar sight-lines) only enters the overall fit.
 =================  ===========================================================================
 ``fit``            log of the mean Huber loss of the pulls: the overall goodness of fit
 ``coherent``       log mean over 32-pixel (5500 km/s) blocks of (Σ√w·r)²/Σw: broad mismatches
-``peak``           log of the largest 8-pixel (1400 km/s) block: one localized mismatch
-``latent``         −log density of the latent mean: fittable only from an unusual place
 ``trough``         the deepest 2000–6000 km/s deficit where broad absorption lives (blueward of
                    Si IV, C IV, Al III, Mg II), in σ: BALs, HiBAL and LoBAL
 ``weak_lines``     minus the line excess of :mod:`.line_strength` (weak lines for the luminosity)
 ``strong_lines``   the line excess (extreme emission lines)
+``colour``         the continuum slope α_λ through the model: the reconstruction's α plus the
+                   slope of the fractional residual against ln λ (dust reddening at the quasar)
 ``arm_step``       the largest jump of the fractional residual across an arm boundary (5780,
-                   7570 Å observed), in σ: one arm's flux calibration off
+                   7570 Å observed), in σ of its error and of the normal percent-level arm mismatch:
+                   one arm's flux calibration off
 ``spikes``         the largest isolated one- or two-pixel spike in the observed frame, in σ
                    (``spike_pull``, measured before resampling)
 ``foreground``     the best matched filter of the residual for a second object on the fibre: a
@@ -33,10 +34,11 @@ import warnings
 import numpy as np
 
 from qad_assets.science.spectra.container import Spectra
+from qad_assets.science.spectra.features import continuum_slope
 from qad_assets.science.spectra.rest_frame import C_KMS, RestFrameGrid
 
 CLIP = 3.0
-COHERENT_BLOCK, PEAK_BLOCK = 32, 8
+COHERENT_BLOCK = 32
 
 #: Rest-frame ranges (Å) where broad absorption troughs sit: up to ~25,000 km/s blueward of each ion.
 TROUGH_RANGES = ((1260.0, 1390.0), (1400.0, 1540.0), (1720.0, 1850.0), (2550.0, 2790.0))
@@ -110,12 +112,6 @@ def coherent(pull: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return np.log(np.nanmean(block_chi2(pull, weights, COHERENT_BLOCK), axis=1))
 
 
-def peak(pull: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a spectrum without data is NaN
-        return np.log(np.nanmax(block_chi2(pull, weights, PEAK_BLOCK), axis=1))
-
-
 def trough(pull: np.ndarray, weights: np.ndarray, grid: RestFrameGrid) -> np.ndarray:
     """The most significant deficit ``−Σ√w·r/√Σw`` over windows inside :data:`TROUGH_RANGES`, in σ;
     a window counts when 80 % of it is observed. NaN when no window is.
@@ -137,17 +133,36 @@ def trough(pull: np.ndarray, weights: np.ndarray, grid: RestFrameGrid) -> np.nda
     return np.where(np.isfinite(best), best, np.nan)
 
 
-def arm_step(spectra: Spectra, model: np.ndarray, pull: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The largest |jump| of the weighted mean fractional residual across an arm boundary, in σ.
+def colour(spectra: Spectra, model: np.ndarray, weights: np.ndarray, grid: RestFrameGrid) -> np.ndarray:
+    """α_λ of the noiseless reconstruction over the observed range, plus the weighted slope of the
+    fractional residual ``(f − m)/m`` against ln λ: the part of a tilt the model could not follow.
+
+    A reddened quasar's slope is measured from every pixel this way, not from a few window medians,
+    so it still counts at a per-pixel S/N well below 1. ``weights`` should exclude the forest.
+    """
+    alpha = continuum_slope(model, spectra.ivar > 0, grid)
+    u = weights * model**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(u > 0, np.clip((spectra.flux - model) / model, -CLIP, CLIP), 0.0)
+        x = np.log(grid.wave)[None, :]
+        dx = x - (u * x).sum(axis=1, keepdims=True) / u.sum(axis=1, keepdims=True)
+        tilt = (u * dx * fraction).sum(axis=1) / (u * dx * dx).sum(axis=1)
+    return alpha + np.where(np.isfinite(tilt), tilt, 0.0)
+
+
+def arm_jumps(
+    spectra: Spectra, model: np.ndarray, pull: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The jump of the weighted mean fractional residual across each arm boundary (N, B), and its
+    statistical error; NaN where a boundary lacks data on a side.
 
     The fractional residual ``(f − m)/m`` has weight ``u = w·m²``; its weighted mean on a side is
-    ``Σ√u·r/Σu`` (winsorized pulls ``r``), with variance ``1/Σu``. NaN when no boundary has data on
-    both sides.
+    ``Σ√u·r/Σu`` (winsorized pulls ``r``), with variance ``1/Σu``.
     """
     observed = spectra.wave[None, :] * (1.0 + np.asarray(spectra.z, np.float64))[:, None]
     u = weights * model**2
     term = np.sqrt(u) * np.clip(pull, -CLIP, CLIP)
-    best = np.full(len(pull), np.nan)
+    jumps, errors = [], []
     for boundary in ARM_BOUNDARIES:
         sides = []
         for lo, hi in ((boundary - ARM_SIDE, boundary), (boundary, boundary + ARM_SIDE)):
@@ -156,10 +171,27 @@ def arm_step(spectra: Spectra, model: np.ndarray, pull: np.ndarray, weights: np.
             with np.errstate(divide="ignore", invalid="ignore"):
                 sides.append((np.where(inside, term, 0.0).sum(axis=1) / total, 1.0 / total))
         (mean_b, var_b), (mean_r, var_r) = sides
-        with np.errstate(invalid="ignore"):
-            step = np.abs(mean_r - mean_b) / np.sqrt(var_b + var_r)
-        best = np.fmax(best, step)
-    return best
+        jumps.append(mean_r - mean_b)
+        errors.append(np.sqrt(var_b + var_r))
+    return np.stack(jumps, axis=1), np.stack(errors, axis=1)
+
+
+def arm_step(jumps: np.ndarray, errors: np.ndarray, systematic: float) -> np.ndarray:
+    """The most significant arm jump ``|Δ|/√(σ² + s²)``: ``s`` is the percent-level calibration
+    mismatch every DESI spectrum has (learned by :func:`arm_systematic`), so a bright normal quasar's
+    1 % offset is not a many-σ artifact while a 10 % jump is."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmax(np.abs(jumps) / np.sqrt(errors**2 + systematic**2), axis=1)
+
+
+def arm_systematic(jumps: np.ndarray, errors: np.ndarray) -> float:
+    """The normal arm-to-arm calibration scatter: the robust spread of the jumps beyond their errors."""
+    use = np.isfinite(jumps) & np.isfinite(errors)
+    if use.sum() < 20:
+        return 0.0
+    spread = 1.4826 * np.median(np.abs(jumps[use] - np.median(jumps[use])))
+    return float(np.sqrt(max(spread**2 - np.median(errors[use] ** 2), 0.0)))
 
 
 def foreground(spectra: Spectra, pull: np.ndarray, weights: np.ndarray, grid: RestFrameGrid) -> np.ndarray:

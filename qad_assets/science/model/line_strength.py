@@ -127,7 +127,7 @@ def _profile(composite: np.ndarray, name: str, grid: RestFrameGrid) -> np.ndarra
     whole, window, bands = _fit_range(name, grid)
     wave = grid.wave[whole]
     centres = [np.log(grid.wave[b]).mean() for b in bands]
-    levels = [np.nanmedian(composite[b]) for b in bands]
+    levels = [np.nanmedian(composite[b]) if np.isfinite(composite[b]).any() else np.nan for b in bands]
     if not all(np.isfinite(levels)) or min(levels) <= 0:
         return None
     continuum = np.interp(np.log(wave), centres, levels)

@@ -1,17 +1,18 @@
 """Per-spectrum anomaly scores: physically distinct components, each calibrated against S/N, combined.
 
 A quasar is anomalous in one of several ways, and each has its own detector
-(:mod:`.components`): the VAE cannot reconstruct it (``fit``, ``coherent``, ``peak``), it sits where
-normal quasars' latent codes do not (``latent``), it has a broad absorption trough (``trough``), lines
-too weak or too strong for its luminosity (``weak_lines``, ``strong_lines``), an arm whose calibration
-jumps (``arm_step``), an isolated spike (``spikes``) or a second object's lines on the fibre
+(:mod:`.components`): the VAE cannot reconstruct it (``fit``, ``coherent``), it has a broad
+absorption trough (``trough``), lines too weak or too strong for its luminosity (``weak_lines``,
+``strong_lines``), a continuum reddened by dust (``colour``), an arm whose calibration jumps
+(``arm_step``), an isolated spike (``spikes``) or a second object's lines on the fibre
 (``foreground``). Residuals are weighed with the release's own noise model (:mod:`.noise`), so that
 sky-line residuals and model imperfection at high S/N are not anomalies.
 
 Raw numbers still move with S/N, so every component is standardised against held-out spectra *as a
-function of S/N* (its robust median and width, :mod:`.calibration`). The standardised components
-are combined by a soft maximum, ``log Σ exp(z_k)``, so that one strong component is enough (an
-average would dilute it among the quiet ones) while several moderate ones add up; the combination is
+function of S/N* (its robust median and width, :mod:`.calibration`), and its upper tail is matched
+to a Gaussian one on the held-out spectra, so a given z is equally rare for every component. They are
+combined by a soft maximum, ``T·log Σ exp(z_k/T)``, so that one strong component is enough (an
+average would dilute it among the quiet ones) while a second still counts; the combination is
 standardised against S/N once more and a tail p-value comes from the held-out spectra. The component
 that drove the score is reported (``top_component``). The model fits its training spectra better
 than unseen ones, so those are standardised against training spectra when their TARGETIDs are given.
@@ -44,24 +45,26 @@ from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid, grid
 COMPONENTS = (
     "fit",
     "coherent",
-    "peak",
-    "latent",
     "trough",
     "weak_lines",
     "strong_lines",
+    "colour",
     "arm_step",
     "spikes",
     "foreground",
 )
+#: The soft maximum's temperature: close to the most significant component, smooth enough that
+#: a second one still lifts the score and ties break (docs/scoring.md compares 0.25, 0.5, 1 and max).
+SOFT_MAX_TEMPERATURE = 0.25
 #: Training spectra the noise and line models are fitted on, at most (a bounded sample of a release).
 MAX_MODEL_FIT_ROWS = 10_000
-_SCORER_VERSION = 2
+_SCORER_VERSION = 3
 
 
 @dataclass(frozen=True)
 class Scorer:
-    """What scoring needs besides the network: the noise, latent-density and line models, the S/N
-    calibrations, and the held-out reference scores.
+    """What scoring needs besides the network: the noise, latent-density and line models, the normal
+    arm-to-arm calibration scatter, the S/N calibrations, and the held-out reference scores.
 
     ``calibrations`` come from the held-out spectra, ``train_calibrations`` from the training spectra
     (for scoring those: an in-sample fit is better than an out-of-sample one). Each holds one entry
@@ -75,6 +78,7 @@ class Scorer:
     noise: NoiseModel
     density: LatentDensity
     lines: LineModel
+    arm_systematic: float
     calibrations: dict[str, SnrCalibration]
     train_calibrations: dict[str, SnrCalibration]
     reference: np.ndarray
@@ -110,6 +114,7 @@ class Scorer:
             "noise": self.noise.to_dict(),
             "density": self.density.to_dict(),
             "lines": self.lines.to_dict(),
+            "arm_systematic": self.arm_systematic,
             "calibrations": {name: c.to_dict() for name, c in self.calibrations.items()},
             "train_calibrations": {name: c.to_dict() for name, c in self.train_calibrations.items()},
             "reference": self.reference.tolist(),
@@ -125,6 +130,7 @@ class Scorer:
             noise=NoiseModel.from_dict(d["noise"]),
             density=LatentDensity.from_dict(d["density"]),
             lines=LineModel.from_dict(d["lines"]),
+            arm_systematic=float(d["arm_systematic"]),
             calibrations={name: SnrCalibration.from_dict(c) for name, c in d["calibrations"].items()},
             train_calibrations={name: SnrCalibration.from_dict(c) for name, c in d["train_calibrations"].items()},
             reference=np.asarray(d["reference"], np.float64),
@@ -158,23 +164,25 @@ class _Batch:
         weights = pixel_weights(spectra, rec.spectrum, noise, forest, cfg.forest_weight, cfg.forest_sigma)
         return cls(spectra, rec, weights, comp.pulls(spectra, rec.spectrum, weights))
 
-    def components(self, lines: LineModel, grid: RestFrameGrid) -> dict[str, np.ndarray]:
-        """Every raw component (N,) of :data:`COMPONENTS` but ``latent`` (it needs the fitted density),
-        higher = more anomalous."""
+    def components(self, lines: LineModel, arm_systematic: float, grid: RestFrameGrid) -> dict[str, np.ndarray]:
+        """Every raw component (N,) of :data:`COMPONENTS`, higher = more anomalous."""
         outside = np.where(lya_forest_mask(grid)[None, :], 0.0, self.weights)  # the forest: only in `fit`
         excess = lines.excess(self.spectra, outside)
         spikes = self.spectra.columns.get("spike_pull")
         return {
             "fit": comp.fit(self.pull, self.weights),
             "coherent": comp.coherent(self.pull, outside),
-            "peak": comp.peak(self.pull, outside),
             "trough": comp.trough(self.pull, outside, grid),
             "weak_lines": -excess,
             "strong_lines": excess,
-            "arm_step": comp.arm_step(self.spectra, self.rec.spectrum, self.pull, self.weights),
+            "colour": comp.colour(self.spectra, self.rec.spectrum, outside, grid),
+            "arm_step": comp.arm_step(*self.arm_jumps(), arm_systematic),
             "spikes": np.full(len(self.spectra), np.nan) if spikes is None else np.asarray(spikes, np.float64),
             "foreground": comp.foreground(self.spectra, self.pull, outside, grid),
         }
+
+    def arm_jumps(self) -> tuple[np.ndarray, np.ndarray]:
+        return comp.arm_jumps(self.spectra, self.rec.spectrum, self.pull, self.weights)
 
 
 def fit_scorer(
@@ -186,8 +194,8 @@ def fit_scorer(
     device: torch.device | str | None = None,
     batch_size: int = 1024,
 ) -> Scorer:
-    """Fit the noise, line and latent-density models on training rows and every calibration on the
-    held-out rows.
+    """Fit the noise, line, arm-scatter and latent-density models on training rows and every
+    calibration on the held-out rows.
 
     Rows split by TARGETID hash exactly as :func:`~qad_assets.science.model.split.select_rows` split
     them for training, so pass the ``val_fraction`` the model was trained with: the calibration
@@ -201,14 +209,13 @@ def fit_scorer(
             f"{is_val.sum()} held-out and {(~is_val).sum()} training rows at val_fraction={val_fraction}; "
             f"each needs at least {MIN_CALIBRATION_ROWS}: the release is too small to calibrate a detector"
         )
-    noise, lines = _fit_pixel_models(model, spectra[np.flatnonzero(~is_val)[:MAX_MODEL_FIT_ROWS]], grid, device)
+    sample = spectra[np.flatnonzero(~is_val)[:MAX_MODEL_FIT_ROWS]]
+    noise, lines, arm_systematic = _fit_pixel_models(model, sample, grid, device)
     batches = [_Batch.of(model, spectra[s], noise, device) for s in _batches(len(spectra), batch_size)]
-    raw = [b.components(lines, grid) for b in batches]
+    raw = [b.components(lines, arm_systematic, grid) for b in batches]
     latent = np.concatenate([b.rec.latent_mean for b in batches])
     del batches
-    density = fit_latent_density(latent[~is_val])
-    components = {name: np.concatenate([r[name] for r in raw]) for name in COMPONENTS if name != "latent"}
-    components["latent"] = density.nll(latent)
+    components = {name: np.concatenate([r[name] for r in raw]) for name in COMPONENTS}
     snr = spectra.snr
     calibrations = _fit_calibrations({k: v[is_val] for k, v in components.items()}, snr[is_val])
     train_calibrations = _fit_calibrations({k: v[~is_val] for k, v in components.items()}, snr[~is_val])
@@ -217,8 +224,9 @@ def fit_scorer(
         grid_sha256=grid_fingerprint(grid),
         val_fraction=float(val_fraction),
         noise=noise,
-        density=density,
+        density=fit_latent_density(latent[~is_val]),
         lines=lines,
+        arm_systematic=arm_systematic,
         calibrations=calibrations,
         train_calibrations=train_calibrations,
         reference=np.sort(reference[np.isfinite(reference)]),
@@ -227,13 +235,15 @@ def fit_scorer(
 
 def _fit_pixel_models(
     model: SpectrumVAE, sample: Spectra, grid: RestFrameGrid, device: torch.device | str | None
-) -> tuple[NoiseModel, LineModel]:
-    """The noise model from the sample's residuals outside the forest, then the line model weighed by it."""
+) -> tuple[NoiseModel, LineModel, float]:
+    """The noise model from the sample's residuals outside the forest, then the line model and the
+    normal arm-to-arm scatter weighed by it."""
     first = _Batch.of(model, sample, NoiseModel.identity(), device)
     outside = ~lya_forest_mask(grid)[None, :]
     noise = fit_noise_model(sample, first.rec.spectrum, outside & (sample.ivar > 0))
     weighed = _Batch.of(model, sample, noise, device)
-    return noise, fit_line_model(sample, np.where(outside, weighed.weights, 0.0), grid)
+    lines = fit_line_model(sample, np.where(outside, weighed.weights, 0.0), grid)
+    return noise, lines, comp.arm_systematic(*weighed.arm_jumps())
 
 
 def _fit_calibrations(components: dict[str, np.ndarray], snr: np.ndarray) -> dict[str, SnrCalibration]:
@@ -259,11 +269,11 @@ def _standardise(
     return z, calibrations["anomaly_score"].standardise(soft_maximum(z), snr)
 
 
-def soft_maximum(z: dict[str, np.ndarray]) -> np.ndarray:
-    """``log Σ_k exp(z_k)`` over the components, an unmeasured one counting as typical (z = 0)."""
-    stacked = np.nan_to_num(np.stack(list(z.values()), axis=1), nan=0.0, posinf=1e6, neginf=-1e6)
+def soft_maximum(z: dict[str, np.ndarray], temperature: float = SOFT_MAX_TEMPERATURE) -> np.ndarray:
+    """``T·log Σ_k exp(z_k/T)`` over the components, an unmeasured one counting as typical (z = 0)."""
+    stacked = np.nan_to_num(np.stack(list(z.values()), axis=1), nan=0.0, posinf=1e6, neginf=-1e6) / temperature
     top = stacked.max(axis=1)
-    return top + np.log(np.exp(stacked - top[:, None]).sum(axis=1))
+    return temperature * (top + np.log(np.exp(stacked - top[:, None]).sum(axis=1)))
 
 
 def score_spectra(
@@ -312,7 +322,7 @@ def _score_batch(
     device: torch.device | str | None,
 ) -> dict[str, np.ndarray]:
     batch = _Batch.of(model, spectra, scorer.noise, device)
-    components = batch.components(scorer.lines, grid) | {"latent": scorer.density.nll(batch.rec.latent_mean)}
+    components = batch.components(scorer.lines, scorer.arm_systematic, grid)
     standardised, score = scorer.combine(components, spectra.snr, in_training)
     rec = batch.rec
     pixel_chi2 = batch.pull**2
@@ -322,7 +332,7 @@ def _score_batch(
         "n_obs": rec.n_obs,
         "kl": rec.kl.astype(np.float64),
         "neg_elbo": 0.5 * rec.chi2.astype(np.float64) + rec.kl,
-        "latent_nll": components["latent"],
+        "latent_nll": scorer.density.nll(rec.latent_mean),
         **{f"z_{name}": value for name, value in standardised.items()},
         "anomaly_score": score,
         "p_value": scorer.p_value(score),
