@@ -2,11 +2,18 @@
 
 Follows the DESI data model: HDUs by EXTNAME, masks as uint32, RESOLUTION never read. Problems with
 the file raise :class:`~qad_assets.errors.DesiFormatError` with a ledger reason.
+
+Two steps, so that a file of hundreds of targets of which a few are quasars costs what its quasars do:
+:func:`open_coadd` reads the header, the FIBERMAP and the wavelengths, checks every shape from the
+headers and verifies the arrays' checksums; :meth:`CoaddFile.arms` then converts only the rows asked for
+(from a memory map for local files). :func:`read_coadd` does both for every row.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +21,7 @@ import fsspec
 import numpy as np
 
 from qad_assets.errors import DesiFormatError
-from qad_assets.science.io.fits_file import open_fits, required_column
+from qad_assets.science.io.fits_file import FitsFile, open_fits, required_column
 from qad_assets.science.spectra import ledger as lg
 from qad_assets.science.spectra.arms import ARMS, arm_offset
 
@@ -28,9 +35,10 @@ class CoaddArms:
     """The parts of a coadd we use, per arm (``B``/``R``/``Z``); RESOLUTION is never read.
 
     ``fibermap`` holds the FIBERMAP columns of ``FIBERMAP_COLUMNS`` that the file has (only TARGETID is
-    required; productions differ), ``header`` the PRIMARY header (SURVEY, PROGRAM, HPXPIXEL, SPGRP,
-    TILEID… as present). Arrays are native-endian: flux/ivar float32 and mask uint32 of shape
-    (nspec, npix_arm), wave float64 (npix_arm,).
+    required; productions differ) for every row of the file, ``header`` the PRIMARY header (SURVEY,
+    PROGRAM, HPXPIXEL, SPGRP, TILEID… as present). Arrays are native-endian: flux/ivar float32 and mask
+    uint32 of shape (nrows, npix_arm), wave float64 (npix_arm,). ``rows`` says which file rows the arrays
+    hold, in that order (None: every row, in file order).
     """
 
     path: str
@@ -40,9 +48,11 @@ class CoaddArms:
     flux: dict[str, np.ndarray]
     ivar: dict[str, np.ndarray]
     mask: dict[str, np.ndarray]
+    rows: np.ndarray | None = None
 
     @property
     def nspec(self) -> int:
+        """Rows of the file (of its FIBERMAP)."""
         return len(self.fibermap["TARGETID"])
 
     @property
@@ -57,18 +67,14 @@ def _as_uint32(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint32)
 
 
-def read_coadd(path_or_url: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None = None) -> CoaddArms:
-    """Read a healpix or tile coadd (or a ``spectra-*`` file) by EXTNAME, skipping RESOLUTION.
+class CoaddFile:
+    """An open coadd whose header, FIBERMAP and wavelengths are read and whose arrays are checked."""
 
-    File-level problems raise ``DesiFormatError(path, -1, reason)``: ``corrupt_fits`` (unreadable,
-    truncated), ``missing_hdu``, ``missing_column`` (FIBERMAP.TARGETID), ``shape_mismatch`` (flux, ivar,
-    mask, wavelength and FIBERMAP disagree) and ``bad_wavelength`` (an arm off the 0.8 Å ``brz`` grid).
-    """
-    path = os.fspath(path_or_url)
-    with open_fits(path, fs) as f:
+    def __init__(self, fits_file: FitsFile, path: str) -> None:
+        self._f, self.path = fits_file, path
         for name in _COADD_HDUS:  # all missing HDUs are found before any big read
-            f.need(name)
-        fibermap = f.table("FIBERMAP", FIBERMAP_COLUMNS)
+            fits_file.need(name)
+        fibermap = fits_file.table("FIBERMAP", FIBERMAP_COLUMNS)
         fibermap["TARGETID"] = required_column(fibermap, "TARGETID", np.int64, path, "FIBERMAP")
         for name, dtype in (
             ("COADD_FIBERSTATUS", np.int64),
@@ -77,26 +83,61 @@ def read_coadd(path_or_url: str | os.PathLike[str], fs: fsspec.AbstractFileSyste
         ):
             if name in fibermap:
                 fibermap[name] = required_column(fibermap, name, dtype, path, "FIBERMAP")
-        header = f.primary_header()
-        wave, flux, ivar, mask = {}, {}, {}, {}
+        self.fibermap = fibermap
+        self.header = fits_file.primary_header()
+        self.wave = {arm: fits_file.image(f"{arm}_WAVELENGTH").astype(np.float64, copy=False) for arm in ARMS}
+        self._check_shapes()
+        for arm in ARMS:  # a damaged array quarantines the file whichever rows are read from it
+            for kind in _IMAGE_KINDS[1:]:
+                fits_file.verify_hdu(f"{arm}_{kind}")
+
+    @property
+    def targetid(self) -> np.ndarray:
+        return self.fibermap["TARGETID"]
+
+    def arms(self, rows: np.ndarray | None = None) -> CoaddArms:
+        """The B/R/Z arrays of ``rows`` (indices into the file, None: every row); only those are converted."""
+        f = self._f
+        flux = {arm: f.image_rows(f"{arm}_FLUX", rows).astype(np.float32, copy=False) for arm in ARMS}
+        ivar = {arm: f.image_rows(f"{arm}_IVAR", rows).astype(np.float32, copy=False) for arm in ARMS}
+        mask = {arm: _as_uint32(f.image_rows(f"{arm}_MASK", rows)) for arm in ARMS}
+        return CoaddArms(self.path, self.header, self.fibermap, self.wave, flux, ivar, mask, rows)
+
+    def _check_shapes(self) -> None:
+        n = len(self.targetid)
         for arm in ARMS:
-            wave[arm] = f.image(f"{arm}_WAVELENGTH").astype(np.float64, copy=False)
-            flux[arm] = f.image(f"{arm}_FLUX").astype(np.float32, copy=False)
-            ivar[arm] = f.image(f"{arm}_IVAR").astype(np.float32, copy=False)
-            mask[arm] = _as_uint32(f.image(f"{arm}_MASK"))
-    arms = CoaddArms(path, header, fibermap, wave, flux, ivar, mask)
-    _check_shapes(arms)
-    return arms
+            wave = self.wave[arm]
+            if wave.ndim != 1:
+                raise DesiFormatError(self.path, -1, lg.reason("shape_mismatch", f"{arm}_WAVELENGTH {wave.shape}"))
+            for kind in _IMAGE_KINDS[1:]:
+                shape = self._f.image_shape(f"{arm}_{kind}")
+                if shape != (n, wave.size):
+                    detail = f"{arm}_{kind} {shape} != ({n} FIBERMAP rows, {wave.size} {arm}_WAVELENGTH)"
+                    raise DesiFormatError(self.path, -1, lg.reason("shape_mismatch", detail))
+            arm_offset(wave, self.path, arm)
 
 
-def _check_shapes(arms: CoaddArms) -> None:
-    n = arms.nspec
-    for arm in ARMS:
-        wave = arms.wave[arm]
-        if wave.ndim != 1:
-            raise DesiFormatError(arms.path, -1, lg.reason("shape_mismatch", f"{arm}_WAVELENGTH {wave.shape}"))
-        for kind, arr in (("FLUX", arms.flux[arm]), ("IVAR", arms.ivar[arm]), ("MASK", arms.mask[arm])):
-            if arr.shape != (n, wave.size):
-                detail = f"{arm}_{kind} {arr.shape} != ({n} FIBERMAP rows, {wave.size} {arm}_WAVELENGTH)"
-                raise DesiFormatError(arms.path, -1, lg.reason("shape_mismatch", detail))
-        arm_offset(wave, arms.path, arm)
+@contextmanager
+def open_coadd(path_or_url: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None = None) -> Iterator[CoaddFile]:
+    """Open a healpix or tile coadd (or a ``spectra-*`` file) by EXTNAME: header, FIBERMAP and wavelengths
+    read, every array's shape and checksum checked; :meth:`CoaddFile.arms` reads rows while it is open.
+
+    File-level problems raise ``DesiFormatError(path, -1, reason)``: ``corrupt_fits`` (unreadable,
+    truncated), ``checksum_mismatch``, ``missing_hdu``, ``missing_column`` (FIBERMAP.TARGETID),
+    ``shape_mismatch`` (flux, ivar, mask, wavelength and FIBERMAP disagree) and ``bad_wavelength`` (an arm
+    off the 0.8 Å ``brz`` grid).
+    """
+    path = os.fspath(path_or_url)
+    with open_fits(path, fs) as f:
+        yield CoaddFile(f, path)
+
+
+def read_coadd(
+    path_or_url: str | os.PathLike[str],
+    fs: fsspec.AbstractFileSystem | None = None,
+    rows: np.ndarray | None = None,
+) -> CoaddArms:
+    """Read a coadd's header, FIBERMAP and the arrays of ``rows`` (None: all), skipping RESOLUTION; the
+    errors of :func:`open_coadd`."""
+    with open_coadd(path_or_url, fs) as coadd:
+        return coadd.arms(rows)

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from qad_assets.errors import DesiFormatError, UserError
-from qad_assets.science.io.coadd import CoaddArms, read_coadd
+from qad_assets.science.io.coadd import CoaddArms, open_coadd
 from qad_assets.science.io.fits_file import open_fits, required_column
 from qad_assets.science.io.fits_headers import fibermap_rows
 from qad_assets.science.io.redshifts import QsoCatalog, cached_qso_catalog, match_redshifts, read_redshifts
@@ -103,6 +103,10 @@ def read_spectra_file(
     ``qso_catalog`` may be a path (read once and cached) or a ``QsoCatalog``; a bad catalogue raises
     ``DesiFormatError`` (it is configuration, not per-file input). ``file`` in the ledger is the coadd path
     relative to ``archive_root`` when it lies under it.
+
+    Cost: the FIBERMAP and the redshifts decide the candidate rows before any spectrum is touched; only
+    those rows of flux, ivar and mask are converted and merged (a DR1 coadd's rows are mostly galaxies and
+    stars). The arrays are still read whole when they record checksums, to verify them; RESOLUTION never.
     """
     if redrock is None and (qso_catalog is None or not catalog_z):
         raise UserError("no redshift source: give a redrock file, or a QSO catalogue with catalog_z=True")
@@ -111,27 +115,28 @@ def read_spectra_file(
     )
     coadd, label = os.fspath(coadd), _file_label(os.fspath(coadd), archive_root)
     try:
-        arms = read_coadd(coadd, fs)
+        with open_coadd(coadd, fs) as opened:
+            tid = opened.targetid
+            if (mismatch := _header_mismatch(opened.header, expected_header)) is not None:
+                return _failed_file(label, lg.reason("header_mismatch", mismatch), tid)
+            rr = None
+            if redrock is not None:
+                try:
+                    rr = match_redshifts(read_redshifts(redrock, fs), tid)
+                except DesiFormatError as err:
+                    return _failed_file(label, lg.reason("bad_redrock", err.reason), tid)
+                except FileNotFoundError:
+                    if catalog is None or not catalog_z:
+                        return _failed_file(label, lg.reason("missing_redrock", os.fspath(redrock)), tid)
+            cat_row = catalog.lookup(tid, opened.header.get("SURVEY")) if catalog is not None else None
+            reasons = selection_reasons(opened, rr, cat_row)
+            candidates = np.flatnonzero(reasons == "")
+            # only the candidate quasars' rows of the arrays are converted (most rows of a coadd are not)
+            arms = opened.arms(None if len(candidates) == len(tid) else candidates)
     except DesiFormatError as err:
         return _failed_file(label, err.reason, *_readable_rows(coadd, fs))
-    tid = arms.targetid
-    if (mismatch := _header_mismatch(arms.header, expected_header)) is not None:
-        return _failed_file(label, lg.reason("header_mismatch", mismatch), tid)
-    rr = None
-    if redrock is not None:
-        try:
-            rr = match_redshifts(read_redshifts(redrock, fs), tid)
-        except DesiFormatError as err:
-            return _failed_file(label, lg.reason("bad_redrock", err.reason), tid)
-        except FileNotFoundError:
-            if catalog is None or not catalog_z:
-                return _failed_file(label, lg.reason("missing_redrock", os.fspath(redrock)), tid)
-    cat_row = catalog.lookup(tid, arms.header.get("SURVEY")) if catalog is not None else None
-    reasons = selection_reasons(arms, rr, cat_row)
-    candidates = np.flatnonzero(reasons == "")
-    rows = None if len(candidates) == len(tid) else candidates
-    flux, ivar, good = merge_arms(arms, rows)
-    reasons[candidates] = pixel_reasons(arms, rows, good)
+    flux, ivar, good = merge_arms(arms)
+    reasons[candidates] = pixel_reasons(arms, None, good)
     keep = reasons[candidates] == ""
     if not keep.all():  # rare: copy only when a candidate was quarantined
         flux, ivar, good = flux[keep], ivar[keep], good[keep]

@@ -82,9 +82,10 @@ def merge_arms(arms: CoaddArms, rows: np.ndarray | None = None) -> tuple[np.ndar
     difference: an arm pixel with ``mask != 0`` gets zero weight (desispec 0.70 ignores the mask when it
     weights, then clears it wherever ivar > 0). DESI coadds never have mask != 0 with ivar > 0, so the two
     agree on real coadds; this way ``good = (ivar > 0) & (mask == 0)`` holds on the merged grid. Where not
-    good, ivar and flux are 0 (desispec keeps a meaningless flux there). ``rows`` selects spectra.
+    good, ivar and flux are 0 (desispec keeps a meaningless flux there). ``rows`` selects spectra among
+    the rows the arrays hold.
     """
-    n = arms.nspec if rows is None else len(rows)
+    n = arms.flux[ARMS[0]].shape[0] if rows is None else len(rows)  # the rows the arrays hold
     flux = np.zeros((n, NPIX), np.float32)
     ivar = np.zeros((n, NPIX), np.float32)
     good = np.zeros((n, NPIX), bool)

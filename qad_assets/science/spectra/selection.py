@@ -15,7 +15,7 @@ from qad_assets.science.spectra import ledger as lg
 from qad_assets.science.spectra.arms import ARMS, rows_block
 
 if TYPE_CHECKING:
-    from qad_assets.science.io.coadd import CoaddArms
+    from qad_assets.science.io.coadd import CoaddArms, CoaddFile
 
 INFO_FIBERSTATUS = 8  # RESTRICTED: informational, a good fiber (DESI treats 0 and 8 as good)
 
@@ -30,7 +30,9 @@ def flag_rows(
         reasons[rows] = [lg.reason(code, d) for d in details]
 
 
-def selection_reasons(arms: CoaddArms, rr: dict[str, np.ndarray] | None, cat_row: np.ndarray | None) -> np.ndarray:
+def selection_reasons(
+    arms: CoaddArms | CoaddFile, rr: dict[str, np.ndarray] | None, cat_row: np.ndarray | None
+) -> np.ndarray:
     """Per-row reason ('' = candidate quasar) from the FIBERMAP, redrock and the QSO catalogue. ``rr`` is
     the redrock table matched to the coadd's rows by TARGETID (with its ``MATCHES`` count per row).
     """
