@@ -9,6 +9,10 @@ import dagster as dg
 import ray
 from pydantic import PrivateAttr
 
+#: Ray re-runs a task whose worker process or node died (never one that raised): a partition step rewrites
+#: its files atomically with the same bytes, so losing a node costs its tasks' time, not the run.
+NODE_LOSS_RETRIES = 3
+
 
 class RayResource(dg.ConfigurableResource):
     """Connects to Ray once per run; ``address`` empty means a local Ray with ``num_cpus`` (on loopback only
@@ -22,7 +26,11 @@ class RayResource(dg.ConfigurableResource):
         if ray.is_initialized():
             return
         # A local Ray listens on loopback only when Ray was imported with config.RAY_LOOPBACK set (qad does).
-        options: dict[str, Any] = {"address": self.address} if self.address else {"num_cpus": self.num_cpus}
+        # "local" starts our own even where `ray start` left a cluster on this machine: without an address,
+        # ray.init would join that cluster (someone else's) instead.
+        options: dict[str, Any] = (
+            {"address": self.address} if self.address else {"address": "local", "num_cpus": self.num_cpus}
+        )
         ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
         self._started_here = True
 
@@ -35,9 +43,12 @@ class RayResource(dg.ConfigurableResource):
     ) -> Iterator[tuple[int, Any]]:
         """Run ``fn(item)`` for every item as Ray tasks; yield ``(index, result)`` as each finishes.
 
-        A task that raised yields its exception as the result, so one failure does not hide the others.
+        A task that raised yields its exception as the result, so one failure does not hide the others; one
+        whose worker or node died is run again elsewhere (up to :data:`NODE_LOSS_RETRIES` times), then
+        yields Ray's error.
         """
-        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
+        retries = {"max_retries": NODE_LOSS_RETRIES, "retry_exceptions": False}
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, **retries)(fn)
         pending = {task.remote(item): index for index, item in enumerate(items)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -47,3 +58,5 @@ class RayResource(dg.ConfigurableResource):
                     yield index, ray.get(ref)
                 except ray.exceptions.RayTaskError as err:
                     yield index, err.as_instanceof_cause()
+                except ray.exceptions.RayError as err:  # its worker or node died on every attempt
+                    yield index, err

@@ -62,10 +62,14 @@ def test_demo_writes_every_partition_and_accounts_for_every_target(demo) -> None
 
 
 def test_summary_table_and_checks_are_printed(demo) -> None:
-    _, done = demo
+    storage, done = demo
     assert "raw_spectra" in done.stdout and "kept" in done.stdout and "quarantined" in done.stdout
     assert "ledger_balances" in done.stderr and "pass" in done.stderr
     assert "raw_spectra 3/3" in done.stderr  # progress, one line per partition
+    metrics = json.loads((storage / "validation_report" / "demo" / "metrics.json").read_text())
+    model = metrics["model"]
+    assert f"demo: scored by qad-vae v{model['version']} ({model['status']})" in done.stdout
+    assert f"validation_report: {model['decision']}" in done.stdout
 
 
 def test_runs_and_materializations_are_in_the_storage_instance(demo) -> None:

@@ -58,3 +58,32 @@ def test_a_step_that_exhausted_its_retries_shows_its_last_error_and_partition_ra
         "scores (partition demo_main_dark_1..demo_main_dark_2): ValueError: no spectra to score"
     ]
     assert "Exceeded max_retries" not in message
+
+
+class Cluster(dg.ConfigurableResource):
+    """A resource that cannot start, as a Ray cluster that refuses the connection."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        raise ValueError("When connecting to an existing cluster, num_cpus and num_gpus must not be provided.")
+
+
+@dg.asset(partitions_def=RELEASES)
+def scored(cluster: Cluster) -> None:
+    """Never runs: its resource fails first."""
+
+
+def test_a_resource_that_cannot_start_is_named_with_its_cause() -> None:
+    defs = dg.Definitions(
+        assets=[scored], jobs=[dg.define_asset_job("job", selection=[scored])], resources={"cluster": Cluster()}
+    )
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("job").execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            partition_key="demo",
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+        )
+    assert failure_message(result).splitlines()[1:] == [
+        "scored (partition demo): ValueError: When connecting to an existing cluster, num_cpus and num_gpus "
+        "must not be provided."
+    ]

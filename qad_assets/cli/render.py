@@ -72,12 +72,25 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
         if name in tags
     )
     where = f" (partition {partition})" if partition else ""
-    messages = [
-        f"{event.step_key}{where}: {innermost_cause(event.step_failure_data.error)}"
-        for event in result.all_events
-        if event.is_step_failure and event.step_failure_data.error is not None
-    ]
+    messages = [f"{step}{where}: {innermost_cause(error)}" for step, error in _failures(result)]
     return "pipeline run failed\n" + "\n".join(messages or [f"run {result.run_id} did not succeed"])
+
+
+def _failures(result: dg.ExecuteInProcessResult) -> list[tuple[str, SerializableErrorInfo]]:
+    """(step, error) of each failed step and each step whose resources could not start (a Ray cluster that
+    refused us, a registry that cannot be read); else the run's own error."""
+    failed = [
+        (event.step_key or "run", event.event_specific_data.error)
+        for event in result.all_events
+        if (event.is_step_failure or event.is_resource_init_failure) and event.event_specific_data.error is not None
+    ]
+    if failed:
+        return failed
+    return [
+        ("run", event.event_specific_data.error)
+        for event in result.all_events
+        if event.is_run_failure and getattr(event.event_specific_data, "error", None) is not None
+    ]
 
 
 def innermost_cause(error: SerializableErrorInfo) -> str:
@@ -106,6 +119,15 @@ def print_skipped(skipped: list[tuple[str, str]], where: str) -> None:
         print(f"  … and {len(skipped) - MAX_SKIPPED_SHOWN} more", file=sys.stderr)
 
 
+def print_model_decisions(rows: list[dict]) -> None:
+    """Which model scored each release and why, and what validation decided about promotion."""
+    for row in rows:
+        for release, choice in (row.get("model_choice") or {}).items():
+            print(f"\n{release}: scored by qad-vae v{choice['version']} ({choice['status']}): {choice['reason']}")
+        if "decision" in row:
+            print(f"validation_report: {row['decision']}")
+
+
 def print_summary(rows: list[dict], seconds: float, storage: Path) -> None:
     """Rows in/kept/filtered/quarantined per stage (or the key figures of a per-release product), time,
     and where the outputs are.
@@ -128,6 +150,7 @@ def print_summary(rows: list[dict], seconds: float, storage: Path) -> None:
             f"{stage:<22}{t['partitions']:>11}{t['rows_in']:>9}{t['rows_kept']:>9}{t['rows_filtered']:>10}"
             f"{t['rows_quarantined']:>13}{t['seconds']:>9.1f}"
         )
+    print_model_decisions(rows)
     print(f"\nwall time {seconds:.1f} s")
     for stage in totals:
         print(f"{stage:<22}{storage / stage}")
