@@ -8,19 +8,11 @@ import numpy as np
 
 from qad_assets.demo.geometry import FIRST_PIXEL
 from qad_assets.errors import UserError
+from qad_assets.science.validation.injection import INJECTION_CLASSES
 
 # ---- release composition -------------------------------------------------------------------------
-ANOMALY_CLASSES = (
-    "weak_line",
-    "artifact",
-    "hibal",
-    "lobal",
-    "superposition",
-    "star_as_qso",
-    "extreme_lines",
-    "wrong_z",
-    "reddened",
-)
+#: One taxonomy: the demo plants the classes validation injects (each with its own, independent recipe).
+ANOMALY_CLASSES = INJECTION_CLASSES
 #: fraction of a pixel's rows per non-quasar role (at least one each); normal quasars fill the rest
 ROLE_FRACTIONS = {
     "unassigned": 0.04,
