@@ -4,6 +4,7 @@ killed with all its processes while ``vae_model`` trains does not block the next
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -74,10 +75,8 @@ def test_a_busy_storage_root_refuses_a_second_run_and_a_killed_run_does_not_bloc
         assert f"is in use by another qad command (pid {first.pid} on " in err and "qad demo" in err
     finally:
         for pid in descendants(first.pid):  # the whole process tree, as an operator's kill would
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         first.wait()
         log.close()
 
