@@ -56,6 +56,19 @@ def test_sensor_adds_exactly_the_new_partitions_once(tmp_path: Path, instance) -
     assert adds == {"spectra_partitions": ["iron_main_bright_9144", "loa_main_dark_27247"], "releases": ["loa"]}
 
 
+def test_sensor_skips_productions_whose_names_cannot_be_release_names(tmp_path: Path, instance) -> None:
+    """A production folder named ``Iron`` or ``ünï`` would become a partition key and storage paths
+    (issue 13, defect 6): the sensor leaves it out and goes on with the others."""
+    add_coadd(tmp_path, "iron", "dark", 26064)
+    for bad in ("Iron", "ünï"):  # written by hand: healpix_coadd itself refuses such names
+        folder = tmp_path / "spectro/redux" / bad / "healpix/main/dark/260/26064"
+        folder.mkdir(parents=True)
+        (folder / "coadd-main-dark-26064.fits").write_bytes(b"")
+    result = evaluate_sensor(instance, tmp_path)
+    adds = {r.partitions_def_name: list(r.partition_keys) for r in result.dynamic_partitions_requests}
+    assert adds == {"spectra_partitions": ["iron_main_dark_26064"], "releases": ["iron"]}
+
+
 def test_nightly_schedule_requests_the_missing_partitions_in_ranges(instance) -> None:
     keys = [f"demo_main_dark_{pix}" for pix in range(26064, 26070)]
     instance.add_dynamic_partitions(spectra_partitions.name, keys)
