@@ -23,7 +23,8 @@ import uvicorn
 from astropy.table import Table
 from explorer_release import SyntheticRelease, write_release
 
-from qad_assets.explorer.app import create_app
+from qad_assets.errors import UserError
+from qad_assets.explorer.app import create_app, serve
 from qad_assets.explorer.catalog import ReleaseCatalog, index_path
 from qad_assets.labels.store import LabelStore
 from qad_assets.labels.vocabulary import MAX_NOTE_CHARS
@@ -193,6 +194,12 @@ def test_unknown_releases_targetids_and_columns_get_a_4xx(explorer: Server) -> N
     assert requests.get(explorer.api("/candidates"), params={"limit": 100000}, timeout=30).status_code == 422
     assert requests.get(explorer.api("/export"), params={"format": "xls"}, timeout=30).status_code == 422
     assert explorer.labels.count_events() == before
+
+
+def test_qad_explore_refuses_an_unknown_release_before_opening_the_label_database(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--release nosuch: no scored release of that name"):
+        serve(tmp_path, host="127.0.0.1", port=free_port(), release="nosuch", labels_url=None)
+    assert not (tmp_path / "labels").exists()
 
 
 def test_two_labellers_at_once_lose_nothing_and_a_restart_keeps_every_label(synthetic: SyntheticRelease) -> None:

@@ -60,6 +60,12 @@ class LabelRequest(BaseModel):
     replaces: int = Field(default=0, ge=0)
 
 
+def scored_releases(storage: Path) -> list[str]:
+    """Releases with scored spectra under ``storage``."""
+    root = Path(storage) / "anomaly_scores"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))) if root.is_dir() else []
+
+
 class Explorer:
     """What the application serves: the storage root's releases (catalogues and spectra, opened on first
     use and reopened when their products change) and the label database.
@@ -74,10 +80,7 @@ class Explorer:
 
     def releases(self) -> list[str]:
         """Releases with scored spectra."""
-        root = self.storage / "anomaly_scores"
-        return (
-            sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))) if root.is_dir() else []
-        )
+        return scored_releases(self.storage)
 
     def catalog(self, release: str) -> ReleaseCatalog:
         """The release's catalogue; 404 if the storage root has no such scored release."""
@@ -290,13 +293,14 @@ def create_app(storage: Path, labels: LabelStore, *, default_release: str | None
 
 def serve(storage: Path, *, host: str, port: int, release: str | None, labels_url: str | None) -> None:
     """Run the explorer until interrupted (``qad explore``). A ``release`` that has no scores is refused
-    before the server starts.
+    before the server starts and before the label database is opened (a typo creates nothing).
     """
+    known = scored_releases(storage)
+    if release is not None and release not in known:
+        names = ", ".join(known) or "none"
+        raise UserError(f"--release {release}: no scored release of that name under {storage} (releases: {names})")
     labels = LabelStore.for_storage(storage, labels_url)
     app = create_app(storage, labels, default_release=release)
-    if release is not None and release not in app.state.explorer.releases():
-        known = ", ".join(app.state.explorer.releases()) or "none"
-        raise UserError(f"--release {release}: no scored release of that name under {storage} (releases: {known})")
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
