@@ -112,7 +112,9 @@ def _exp_fibermap(pixel: Pixel) -> fits.BinTableHDU:
     return _table("EXP_FIBERMAP", [(k, formats[k], v) for k, v in pixel.exposures.items()])
 
 
-def coadd_hdus(pixel: Pixel, plan: PixelPlan, release: str, seed: int) -> fits.HDUList:
+def coadd_hdus(pixel: Pixel, plan: PixelPlan, release: str, seed: int, *, resolution: bool = True) -> fits.HDUList:
+    """The coadd's HDUs; ``resolution=False`` leaves out the RESOLUTION HDUs (three quarters of a coadd's bytes,
+    never read by the pipeline), so that a release of a hundred thousand spectra fits on a small disk."""
     hdus: list[fits.hdu.base.ExtensionHDU] = [_fibermap(pixel, plan), _exp_fibermap(pixel)]
     for arm, d in pixel.arms.items():
         hdus.append(fits.ImageHDU(d["wave"], name=f"{arm}_WAVELENGTH"))
@@ -122,7 +124,8 @@ def coadd_hdus(pixel: Pixel, plan: PixelPlan, release: str, seed: int) -> fits.H
         hdus.append(fits.ImageHDU(d["ivar"].astype(np.float32), name=f"{arm}_IVAR"))
         hdus[-1].header["BUNIT"] = IVAR_UNIT
         hdus.append(fits.ImageHDU(d["mask"], name=f"{arm}_MASK"))  # uint32 -> int32 + BZERO
-        hdus.append(fits.ImageHDU(d["resolution"], name=f"{arm}_RESOLUTION"))
+        if resolution:
+            hdus.append(fits.ImageHDU(d["resolution"], name=f"{arm}_RESOLUTION"))
     cat = pixel.cat
     scores = [("TARGETID", "K", cat["targetid"])]
     for arm in ARMS:

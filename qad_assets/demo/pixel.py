@@ -51,6 +51,8 @@ from qad_assets.science.spectra.arms import BRZ_WAVE, WAVE_STEP, merge_arms
 from qad_assets.science.spectra.rest_frame import C_KMS
 from qad_assets.science.spectra.snr import masked_median
 
+#: pixels per cycle of OBJID ranges and observing dates (5000 OBJIDs per pixel; OBJID has 22 bits)
+OBJID_CYCLE = 800
 EXPOSURE_SPEED_SPREAD = 0.5  # lognormal σ of the survey speed of an exposure (observing conditions)
 
 
@@ -107,7 +109,8 @@ def _draw_identity(rng: np.random.Generator, cat: Columns, plan: PixelPlan) -> N
     brickid, brickname = bricks(ra, dec)
     north = dec > 32.375  # DR9 north/south photometric split
     release = np.where(north, 9011, 9010)
-    objid = plan.index * 5000 + rng.choice(5000, n, replace=False)
+    # OBJID has 22 bits: pixels 800 apart (far apart on the sky, so in other bricks) reuse the same range
+    objid = (plan.index % OBJID_CYCLE) * 5000 + rng.choice(5000, n, replace=False)
     is_sky, is_galaxy = role == "sky", role == "galaxy"
     is_elg = is_galaxy & (rng.random(n) < 0.6)
     target = np.where(is_galaxy, np.where(is_elg, DESI_ELG, DESI_LRG), DESI_QSO)
@@ -198,7 +201,7 @@ def _draw_exposures(rng: np.random.Generator, cat: Columns, plan: PixelPlan, exp
     """
     n, n_pool = len(cat["role"]), 6
     bright = plan.program == "bright"
-    mjd0 = 59300 + 40 * plan.index + np.sort(rng.integers(0, 300, n_pool))
+    mjd0 = 59300 + 40 * (plan.index % OBJID_CYCLE) + np.sort(rng.integers(0, 300, n_pool))
     pool = {
         "tileid": (20000 if bright else 1000) + rng.integers(0, 9000, n_pool),
         "mjd": mjd0 + rng.uniform(0.15, 0.45, n_pool),
