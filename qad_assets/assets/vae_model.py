@@ -24,8 +24,9 @@ from resources.mlflow import CHALLENGER, MlflowResource
 from resources.ray import RayResource
 from resources.storage import StorageResource
 
-#: Spectra the scorer's latent density and S/N calibrations are fitted on (a bounded sample of a release).
-MAX_SCORER_ROWS = 200_000
+#: Spectra the scorer's latent density and S/N calibrations are fitted on: a sample spread over the release
+#: (every k-th row of every partition), 1.6 GB in memory, whatever the release (docs/scale.md).
+MAX_SCORER_ROWS = 50_000
 
 #: Retrain at most weekly (Sunday 05:00 UTC), once the release's normalized spectra have changed: a new
 #: model per new partition would churn the registry and the scores.

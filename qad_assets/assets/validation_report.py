@@ -36,7 +36,9 @@ class ValidationConfig(dg.Config):
     stability_seed: int = Field(default=1, description="seed of a second model for ranking stability; -1: skip")
     crossmatch_catalog: str = Field(default="", description="FITS/CSV/Parquet catalogue to cross-match (optional)")
     gallery_size: int = 12
-    max_rows: int = Field(default=200_000, description="spectra of the release the harness loads at most")
+    max_rows: int = Field(
+        default=50_000, description="spectra the harness loads at most: a sample spread over the release (1.6 GB)"
+    )
 
 
 #: The promotion gate. Not blocking: a failure is a recorded decision (the report and the run metadata say

@@ -12,6 +12,7 @@ aborts the interpreter at exit now and then (apache/arrow#34314, pola-rs/polars#
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,16 +80,48 @@ SPECTRUM_COLUMNS = ("scale", "spike_pull")
 
 
 def read_spectra(paths: Sequence[Path], *, max_rows: int, wave: np.ndarray) -> Spectra:
-    """The first ``max_rows`` spectra of ``normalized_spectra`` files (in path order) on the grid ``wave``,
-    with their :data:`SPECTRUM_COLUMNS`: bounded memory on any release.
+    """At most ``max_rows`` spectra of ``normalized_spectra`` files on the grid ``wave``, with their
+    :data:`SPECTRUM_COLUMNS`: every row (in path order) when the release has no more, else every k-th row of
+    every file (k = ceil(rows / max_rows)), so that the sample spans the whole release, not its first files.
+
+    The sample is filled into arrays of its final size one file at a time: memory is the sample plus one
+    partition, whatever the release's size.
     """
-    tables, rows = [], 0
-    for path in paths:
-        if rows >= max_rows:
-            break
+    counts = [row_count(path) for path in paths]
+    step = max(1, -(-sum(counts) // max(max_rows, 1)))
+    sample: Spectra | None = None
+    start = 0
+    for path, count in zip(paths, counts, strict=True):
+        if count == 0:
+            continue
         table = read_table(path, columns=["TARGETID", "Z", *SPECTRUM_COLUMNS, "flux", "ivar"])
-        tables.append(table.slice(0, max_rows - rows))
-        rows += tables[-1].num_rows
-    if not tables:
-        return Spectra.empty(wave)
-    return Spectra.from_table(pa.concat_tables(tables), wave, columns=SPECTRUM_COLUMNS)
+        part = Spectra.from_table(table if step == 1 else table.take(np.arange(0, count, step)), wave, SPECTRUM_COLUMNS)
+        del table
+        sample = sample or _allocate(part, sum(-(-c // step) for c in counts))
+        _fill(sample, part, start)
+        start += len(part)
+    return sample if sample is not None else Spectra.empty(wave)
+
+
+def _allocate(like: Spectra, n: int) -> Spectra:
+    """Uninitialized spectra of ``n`` rows with the arrays and columns of ``like``."""
+
+    def empty(values: np.ndarray) -> np.ndarray:
+        return np.empty((n, *values.shape[1:]), values.dtype)
+
+    return replace(
+        like,
+        flux=empty(like.flux),
+        ivar=empty(like.ivar),
+        targetid=empty(like.targetid),
+        z=empty(like.z),
+        columns={name: empty(values) for name, values in like.columns.items()},
+    )
+
+
+def _fill(sample: Spectra, part: Spectra, start: int) -> None:
+    rows = slice(start, start + len(part))
+    sample.flux[rows], sample.ivar[rows] = part.flux, part.ivar
+    sample.targetid[rows], sample.z[rows] = part.targetid, part.z
+    for name, values in part.columns.items():
+        sample.columns[name][rows] = values
