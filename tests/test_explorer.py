@@ -208,9 +208,11 @@ def test_two_labellers_at_once_lose_nothing_and_a_restart_keeps_every_label(synt
     api = f"{url}/api/releases/{synthetic.release}/labels"
     targets = [str(t) for t in synthetic.targetids[60:90]]
     saved: list[tuple[str, str]] = []
+    start = threading.Barrier(2)  # both clients begin together and race for the same targets
 
     def labeller(name: str, code: str) -> None:
         with requests.Session() as session:
+            start.wait()
             for targetid in targets:
                 current = session.get(f"{api}/{targetid}", timeout=30).json()["history"]
                 replaces = current[-1]["revision"] if current else 0
