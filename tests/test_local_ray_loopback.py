@@ -1,14 +1,18 @@
 """The local Ray that ``qad run`` and ``qad serve`` start listens on loopback only (GCS, raylet, workers,
-dashboard and runtime-env agents); a cluster address leaves Ray alone."""
+dashboard and runtime-env agents) and is their own even where another cluster is on the machine; a cluster
+address leaves Ray alone."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +94,21 @@ def test_the_switch_is_set_only_without_a_cluster_address() -> None:
     assert RAY_LOOPBACK not in cluster
     assert Settings().environment()[RAY_LOOPBACK] == "0"  # qad ui's dagster dev and its runs
     assert RAY_LOOPBACK not in Settings(ray_address="ray://head:10001").environment()
+
+
+@pytest.mark.slow  # starts a Ray
+def test_the_service_starts_a_ray_of_its_own_where_another_cluster_is_named() -> None:
+    """Ray's ``ray_current_cluster`` file names the last ``ray start`` on the machine (here a dead one):
+    ``qad serve`` without an address must start its own Ray, not join (or wait forever for) that one."""
+    temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        (temp / "ray").mkdir()
+        (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(temp)}
+        code = "import ray; from qad_assets.service.app import init_ray; init_ray(None, num_cpus=1); "
+        code += "print(ray.get_runtime_context().gcs_address)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip().splitlines()[-1] != "127.0.0.1:9"
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

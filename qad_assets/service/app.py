@@ -397,10 +397,13 @@ def start(
 
 
 def init_ray(address: str | None = None, **options: Any) -> None:
-    """``ray.init`` for the service: a cluster when ``address`` is given, else a local Ray (on loopback only
-    when Ray was imported with ``config.RAY_LOOPBACK`` set, as ``qad serve`` does).
+    """``ray.init`` for the service: a cluster when ``address`` is given, else a local Ray of its own (on
+    loopback only when Ray was imported with ``config.RAY_LOOPBACK`` set, as ``qad serve`` does).
+
+    "local", not None: without an address ``ray.init`` joins the cluster named in Ray's
+    ``ray_current_cluster`` file, someone else's ``ray start`` (or a dead one, where it waits forever).
     """
-    ray.init(address=address or None, include_dashboard=False, **options)
+    ray.init(address=address or "local", include_dashboard=False, **options)
 
 
 def free_loopback_port() -> int:
