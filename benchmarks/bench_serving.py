@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from serve_process import demo_storage, free_port, start_server, stop_server
 
 from qad_assets.science.io.parquet_store import read_table
 from qad_assets.service.client import score_request
-
-QAD = [sys.executable, "-m", "qad_assets.cli"]
 
 
 @dataclass(frozen=True)
@@ -93,30 +89,6 @@ def run_scenario(url: str, scenario: Scenario, bodies: list[bytes], time_limit: 
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(storage: Path, port: int, replicas: int, log: Path) -> subprocess.Popen:
-    command = [*QAD, "serve", "--storage", str(storage), "--port", str(port), "--poll-seconds", "3600"]
-    command += ["--replicas", str(replicas)]
-    server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"qad serve exited with {server.returncode}; see {log}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return server
-        except requests.RequestException:  # not listening yet, or busy starting
-            pass
-        time.sleep(1)
-    server.terminate()
-    raise RuntimeError(f"qad serve did not become healthy in 180 s; see {log}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", type=Path, help="storage root with a champion model (default: run qad demo)")
@@ -126,17 +98,13 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per scenario at most (default: 120)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    storage = args.storage
-    if storage is None:
-        storage = tmp / "storage"
-        print(f"qad demo --storage {storage} ...", file=sys.stderr)
-        subprocess.run([*QAD, "demo", "--storage", str(storage)], check=True, capture_output=True)
+    storage = demo_storage(args.storage, tmp)
     scenarios = [
         Scenario("1 spectrum / request", 1, args.single, 16),
         Scenario("64 spectra / request", 64, args.batch, 4),
     ]
     port = free_port()
-    server = start_server(storage.resolve(), port, args.replicas, tmp / "serve.log")
+    server = start_server(storage, port, tmp / "serve.log", "--replicas", str(args.replicas))
     url = f"http://127.0.0.1:{port}"
     try:
         model = requests.get(f"{url}/model", timeout=10).json()
@@ -146,8 +114,7 @@ def main() -> None:
             run_scenario(url, Scenario("warm-up", scenario.spectra_per_request, 8, 2), bodies[:8], 60)
             results.append((scenario, run_scenario(url, scenario, bodies, args.time_limit)))
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_server(server)
     champion = model["champion"]
     print(
         f"\nscoring service: {champion['name']} v{champion['version']} on {model['device']}, "
