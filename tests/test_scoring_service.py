@@ -59,7 +59,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, medium_demo: DemoRelease)
     storage = root / "storage"
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
         env.setenv("QAD_STORAGE", str(storage))
         env.setenv("QAD_ARCHIVE", str(demo.root))
