@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import dagster as dg
 import pyarrow as pa
+from ray import get_runtime_context
 
 from qad_assets.errors import QadError
 from qad_assets.science.partition_steps import StepSummary
@@ -100,7 +101,8 @@ def done_in_this_run(context: dg.AssetExecutionContext, keys: list[str]) -> dict
 
 
 def _call(step: Callable[[], StepSummary]) -> StepSummary:
-    return step()
+    """A partition step in a Ray task; its summary says which node ran it."""
+    return replace(step(), node=get_runtime_context().get_node_id())
 
 
 def stage_metadata(summaries: Mapping[str, StepSummary]) -> dict[str, object]:
@@ -113,10 +115,12 @@ def stage_metadata(summaries: Mapping[str, StepSummary]) -> dict[str, object]:
         )
         reasons.update(summary.reasons)
     rows = [
-        f"| {key} | {s.rows_in} | {s.kept} | {s.filtered} | {s.quarantined} | {s.seconds:.2f} |"
+        f"| {key} | {s.rows_in} | {s.kept} | {s.filtered} | {s.quarantined} | {s.seconds:.2f} | {s.node[:8]} |"
         for key, s in summaries.items()
     ]
-    table = "| partition | in | kept | filtered | quarantined | s |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
+    header = "| partition | in | kept | filtered | quarantined | s | node |\n|---|---|---|---|---|---|---|\n"
+    table = header + "\n".join(rows)
+    nodes = Counter(s.node for s in summaries.values() if s.node)
     return {
         "partitions": len(summaries),
         "rows_in": total["rows_in"],
@@ -126,6 +130,7 @@ def stage_metadata(summaries: Mapping[str, StepSummary]) -> dict[str, object]:
         "reasons": dg.MetadataValue.json(dict(sorted(reasons.items()))),
         "seconds": round(sum(s.seconds for s in summaries.values()), 3),
         "per_partition": dg.MetadataValue.md(table),
+        "partitions_per_node": dg.MetadataValue.json(dict(sorted(nodes.items()))),
         "outputs": dg.MetadataValue.json({key: s.output for key, s in summaries.items()}),
     }
 

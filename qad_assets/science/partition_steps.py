@@ -42,6 +42,8 @@ class StepSummary:
     stats: dict[str, float] = field(default_factory=dict)
     #: Whether the ledger's row numbers are exactly the input's rows 0..rows_in-1 (ingestion only).
     accounted: bool = True
+    #: The cluster node that ran the step (set by whoever ran it; '' when unknown).
+    node: str = ""
 
     @property
     def balanced(self) -> bool:
