@@ -18,11 +18,18 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from qad_assets.errors import GridMismatchError
+from qad_assets.errors import GridMismatchError, TooFewSpectraError
 from qad_assets.science.io.parquet_store import write_table_atomic
+from qad_assets.science.model.calibration import MIN_CALIBRATION_ROWS
 from qad_assets.science.model.package import load_model, save_model
 from qad_assets.science.model.split import select_rows
-from qad_assets.science.model.training import TrainOptions, TrainResult, train_vae, train_vae_ray
+from qad_assets.science.model.training import (
+    HELD_OUT_TARGET,
+    TrainOptions,
+    TrainResult,
+    train_vae,
+    train_vae_ray,
+)
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, negative_elbo, reconstruct
 from qad_assets.science.spectra.container import Spectra, numpy_to_list
 from qad_assets.science.spectra.rest_frame import RestFrameGrid, lya_forest_mask
@@ -158,6 +165,28 @@ def test_split_is_a_stable_hash_of_targetid():
     assert np.array_equal(select_rows(targetid[::-1], "val", 0.1), val[::-1])
 
 
+def test_a_small_release_always_holds_out_enough_to_calibrate():
+    """Issue 13, defect 8: a release the pipeline agrees to train must calibrate. A held-out fraction of
+    30/n held out fewer than the scorer's 20 rows for 1-2 % of TARGETID sets of 100-600 (the training ran,
+    then the scorer refused); the fraction is now chosen for the release's own TARGETIDs."""
+    rng = np.random.default_rng(0)
+    for n in (100, 150, 200, 300, 600):
+        for _ in range(400):
+            targetid = rng.integers(39627000000000000, 39633000000000000, n)
+            try:
+                options = TrainOptions().for_targets(targetid)
+            except TooFewSpectraError:
+                assert n == 100  # refused before training, as a release too small is
+                continue
+            held_out = select_rows(targetid, "val", options.val_fraction).sum()
+            assert held_out >= (HELD_OUT_TARGET if n >= 300 else MIN_CALIBRATION_ROWS)  # 30 unless capped
+            assert n - held_out >= MIN_CALIBRATION_ROWS
+    large = rng.integers(39627000000000000, 39633000000000000, 20_000)
+    assert TrainOptions().for_targets(large).val_fraction == TrainOptions().val_fraction  # as before
+    with pytest.raises(TooFewSpectraError, match="too few to train and calibrate"):
+        TrainOptions().for_targets(large[:60])
+
+
 def test_unobserved_pixels_do_not_influence_the_loss():
     torch.manual_seed(0)
     model = SpectrumVAE(REST_WAVE.size, FOREST, VaeConfig())
@@ -218,7 +247,7 @@ def test_ray_train_two_workers_matches_single_process(partitions, tmp_path, monk
     single = train_vae(partitions, GRID, VaeConfig(), options)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         result = train_vae_ray(partitions, GRID, VaeConfig(), options, storage_path=tmp_path / "ray", num_workers=2)
     finally:

@@ -4,6 +4,7 @@ import tempfile
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -11,7 +12,7 @@ from qad_assets.assets.fan_out import CheckTable, check_result, check_specs
 from qad_assets.assets.normalized_spectra import normalized_spectra
 from qad_assets.errors import TooFewSpectraError
 from qad_assets.partitions import release_partitions
-from qad_assets.science.io.parquet_store import read_spectra, row_count
+from qad_assets.science.io.parquet_store import read_spectra, read_table
 from qad_assets.science.model.package import ModelPackage, publish_package, stage_package
 from qad_assets.science.model.scoring import fit_scorer
 from qad_assets.science.model.training import TrainOptions, TrainResult, train_vae, train_vae_ray
@@ -96,9 +97,12 @@ def vae_model(
     """
     release = context.partition_key
     paths = sorted(storage.asset_dir("normalized_spectra", release).glob("*.parquet"))
-    n_spectra = sum(row_count(p) for p in paths)
+    targetid = np.concatenate(
+        [np.empty(0, np.int64)] + [read_table(p, columns=["TARGETID"])["TARGETID"].to_numpy() for p in paths]
+    )
+    n_spectra = len(targetid)
     try:
-        options = config.train_options().for_release(n_spectra)
+        options = config.train_options().for_targets(targetid)
     except TooFewSpectraError as err:
         context.log.warning(f"vae_model {release}: not trained: {err}; the champion scores it")
         return dg.MaterializeResult(metadata={"trained": False, "reason": str(err), "spectra": n_spectra})

@@ -27,6 +27,12 @@ def select_rows(
 ) -> np.ndarray:
     """Rows of ``split`` owned by ``rank``: top 53 hash bits pick the split, low bits the rank."""
     h = splitmix64(targetid)
-    is_val = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < val_fraction
+    is_val = split_position(h) < val_fraction
     in_split = is_val if split == "val" else ~is_val
     return in_split & (h % np.uint64(world_size) == np.uint64(rank))
+
+
+def split_position(hashes: np.ndarray) -> np.ndarray:
+    """Where each row falls in [0, 1) (the top 53 bits of its ``splitmix64`` hash): a row is held out
+    when this is below ``val_fraction``. Exposed so that a fraction can be chosen for given rows."""
+    return (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-53
