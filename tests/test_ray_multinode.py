@@ -109,9 +109,10 @@ class RayCluster:
         }
 
     def start_head(self) -> RayNode:
-        # A free port for the Ray Client server that a head starts, which this test does not use.
-        client_port = f"--ray-client-server-port={_free_port(HEAD_IP)}"
-        head = self._start("head", HEAD_IP, ["--head", "--port=0", client_port])
+        # Free ports for what a head always starts and this test does not use (Ray Client server, the
+        # dashboard's minimal head): their defaults may be taken by another Ray on this machine.
+        unused = [f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}"]
+        head = self._start("head", HEAD_IP, ["--head", "--port=0", "--include-dashboard=false", *unused])
         ready = self.root / "head" / "ray_current_cluster"  # written once the head is up
         deadline = time.monotonic() + START_S
         while not ready.exists():
@@ -290,9 +291,10 @@ def product_files(storage: Path, product: str) -> list[Path]:
     return [p for p in product_dir(storage, product).iterdir() if p.is_file() and not p.name.startswith(".")]
 
 
-def _free_port(host: str) -> int:
+def _free_port() -> int:
+    """A port free on every address (Ray's head binds some services on 127.0.0.1, others on its own)."""
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
