@@ -105,7 +105,12 @@ def vae_model(
         options = config.train_options().for_targets(targetid)
     except TooFewSpectraError as err:
         context.log.warning(f"vae_model {release}: not trained: {err}; the champion scores it")
-        return dg.MaterializeResult(metadata={"trained": False, "reason": str(err), "spectra": n_spectra})
+        return dg.MaterializeResult(
+            metadata={"trained": False, "reason": str(err), "spectra": n_spectra},
+            check_results=[
+                check_result("vae_model", CHECKS, name, False, {"not_trained": str(err)}) for name in CHECKS
+            ],
+        )
     device_choice, registry = gpu.choice(), mlflow.registry()
     device = device_choice.torch_device()
     release_dir = storage.asset_dir("vae_model", release)
