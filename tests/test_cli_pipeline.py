@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,7 @@ def test_summary_table_and_checks_are_printed(demo) -> None:
     assert "raw_spectra" in done.stdout and "kept" in done.stdout and "quarantined" in done.stdout
     assert "ledger_balances" in done.stderr and "pass" in done.stderr
     assert "raw_spectra 3/3" in done.stderr  # progress, one line per partition
+    assert re.search(r"^raw_spectra\s+.*\bnot_qso \d+", done.stdout, re.MULTILINE)  # why rows were set aside
     metrics = json.loads((storage / "validation_report" / "demo" / "metrics.json").read_text())
     model = metrics["model"]
     assert f"demo: scored by qad-vae v{model['version']} ({model['status']})" in done.stdout

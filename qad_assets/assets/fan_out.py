@@ -166,7 +166,7 @@ ACCOUNTING_CHECKS: CheckTable = {
         True,
         "every input row (FIBERMAP NAXIS2 from the coadd header) is in the ledger once: kept, filtered or quarantined",
     ),
-    "quarantine_empty": (False, "no input row was quarantined (see the ledger files)"),
+    "quarantine_empty": (False, "warns when input rows were quarantined (reasons: qad's summary, the ledger files)"),
 }
 
 

@@ -128,6 +128,15 @@ def print_model_decisions(rows: list[dict]) -> None:
             print(f"validation_report: {row['decision']}")
 
 
+def print_reasons(rows: list[dict]) -> None:
+    """Why rows were filtered or quarantined, per stage: the ledger's reasons counted, most frequent first."""
+    for row in rows:
+        reasons = row.get("reasons") or {}
+        if reasons:
+            counted = ", ".join(f"{why} {n}" for why, n in sorted(reasons.items(), key=lambda item: -item[1]))
+            print(f"{row['stage']:<22}{counted}")
+
+
 def print_summary(rows: list[dict], seconds: float, storage: Path) -> None:
     """Rows in/kept/filtered/quarantined per stage (or the key figures of a per-release product), time,
     and where the outputs are.
@@ -150,6 +159,7 @@ def print_summary(rows: list[dict], seconds: float, storage: Path) -> None:
             f"{stage:<22}{t['partitions']:>11}{t['rows_in']:>9}{t['rows_kept']:>9}{t['rows_filtered']:>10}"
             f"{t['rows_quarantined']:>13}{t['seconds']:>9.1f}"
         )
+    print_reasons(rows)
     print_model_decisions(rows)
     print(f"\nwall time {seconds:.1f} s")
     for stage in totals:
