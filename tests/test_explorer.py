@@ -23,11 +23,15 @@ import uvicorn
 from astropy.table import Table
 from explorer_release import SyntheticRelease, write_release
 
+from qad_assets.cli import build_parser
 from qad_assets.errors import UserError
-from qad_assets.explorer.app import create_app, serve
+from qad_assets.explorer import app as app_module
+from qad_assets.explorer import spectrum as spectrum_module
+from qad_assets.explorer.app import STATIC, create_app, serve
 from qad_assets.explorer.catalog import ReleaseCatalog, index_path
 from qad_assets.labels.store import LabelStore
 from qad_assets.labels.vocabulary import MAX_NOTE_CHARS
+from qad_assets.science.model.package import WEIGHTS_FILE, current_package
 
 
 @dataclass
@@ -168,6 +172,10 @@ def test_labels_keep_their_history_and_a_stale_relabel_is_refused(explorer: Serv
         ("/labels", {"label": "bal", "author": ""}, 422, "author"),
         ("/labels", {"label": "bal", "author": "ann", "colour": "red"}, 422, "colour"),
         ("/labels", {"targetid": "-4", "label": "bal", "author": "ann"}, 422, "targetid"),
+        ("/labels", {"label": "bal", "author": "x\u0000y"}, 422, "author may not hold a control character"),
+        ("/labels", {"label": "bal", "author": "ann", "note": "a\u0000b<script>alert(1)</script>"}, 422, "U+0000"),
+        ("/labels", {"label": "bal", "author": "\ud800"}, 422, "not valid Unicode text: it holds a lone surrogate"),
+        ("/labels", {"targetid": 39627800000000000.0, "label": "bal", "author": "ann"}, 422, "valid integer"),
     ],
 )
 def test_bad_labels_get_a_4xx_and_change_nothing(
@@ -179,6 +187,61 @@ def test_bad_labels_get_a_4xx_and_change_nothing(
     assert response.status_code == status, response.text
     assert detail in response.text
     assert explorer.labels.count_events() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ('{"targetid": TID.5, "label": "bal", "author": "ann"}', "valid integer"),  # rounds to a neighbour
+        ('{"targetid": TID.0, "label": "bal", "author": "ann"}', "valid integer"),
+        ('{"targetid": "TID.0", "label": "bal", "author": "ann"}', "valid integer"),
+        ('{"label": "bal", "author": "\\ud800"}', "targetid"),  # the error echoes the body, surrogate and all
+    ],
+)
+def test_float_targetids_and_lone_surrogates_get_a_422_and_change_nothing(
+    explorer: Server, body: str, detail: str
+) -> None:
+    before = explorer.labels.count_events()
+    raw = body.replace("TID", str(explorer.release.targetids[1]))
+    response = requests.post(
+        explorer.api("/labels"), data=raw.encode(), headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 422, response.text
+    assert detail in response.text and isinstance(response.json()["detail"], list)
+    assert explorer.labels.count_events() == before
+
+
+def test_the_page_inserts_no_text_as_html() -> None:
+    """Authors and notes are whatever people typed: the page sets text, never markup."""
+    script = (STATIC / "explorer.js").read_text()
+    assert not [sink for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write") if sink in script]
+
+
+def test_a_changed_model_package_draws_spectra_without_a_model_and_says_why(
+    synthetic: SyntheticRelease, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = tmp_path / "copy"
+    shutil.copytree(synthetic.storage, storage, symlinks=True, ignore=shutil.ignore_patterns("labels", "explorer"))
+    package = current_package(storage / "vae_model" / synthetic.release)
+    (package / WEIGHTS_FILE).write_bytes(b"\x00\x01\x02\x03")
+    loads: list[Path] = []  # each attempt to load the release's model starts by finding its package
+    real = spectrum_module.current_package
+    monkeypatch.setattr(spectrum_module, "current_package", lambda folder: loads.append(folder) or real(folder))
+    server, thread, url, labels = run_server(storage)
+    targetid = synthetic.targetids[0]
+    try:
+        for _ in range(2):
+            response = requests.get(
+                f"{url}/api/releases/{synthetic.release}/candidates/{targetid}/spectrum", timeout=30
+            )
+            assert response.status_code == 200, response.text
+            data = response.json()
+            assert "no model: model package v1 changed since it was registered" in data["title"]
+            assert data["no_model"] == "model package v1 changed since it was registered"
+            assert all(v is None for v in data["spectrum"]["model"]) and any(data["spectrum"]["flux"])
+    finally:
+        stop_server(server, thread, labels)
+    assert len(loads) == 1  # the verdict is kept, not recomputed per spectrum
 
 
 def test_unknown_releases_targetids_and_columns_get_a_4xx(explorer: Server) -> None:
@@ -200,6 +263,17 @@ def test_qad_explore_refuses_an_unknown_release_before_opening_the_label_databas
     with pytest.raises(UserError, match="--release nosuch: no scored release of that name"):
         serve(tmp_path, host="127.0.0.1", port=free_port(), release="nosuch", labels_url=None)
     assert not (tmp_path / "labels").exists()
+
+
+def test_qad_explore_refuses_a_storage_root_without_a_scored_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app_module.uvicorn, "run", lambda *a, **kw: pytest.fail("the explorer was started"))
+    missing = tmp_path / "nonexistent"
+    args = build_parser().parse_args(["explore", "--storage", str(missing), "--port", str(free_port())])
+    with pytest.raises(UserError, match=r"nonexistent: no scored release there .*run `qad demo` or `qad run`"):
+        args.func(args)
+    assert not missing.exists()
 
 
 def test_two_labellers_at_once_lose_nothing_and_a_restart_keeps_every_label(synthetic: SyntheticRelease) -> None:

@@ -48,6 +48,12 @@ def test_relabelling_keeps_the_history_and_never_overwrites_unseen(store: LabelS
         ("supernova", "", "ann", "not in the vocabulary"),
         ("bal", "x" * (MAX_NOTE_CHARS + 1), "ann", "at most"),
         ("bal", "", "  ", "author"),
+        ("bal", "a\x00b<script>alert(1)</script>", "ann", r"note may not hold a control character \(U\+0000"),
+        ("bal", "line\r\nbreak", "ann", r"note may not hold a control character \(U\+000D"),
+        ("bal", "", "x\x00y", r"author may not hold a control character \(U\+0000 at position 1\)"),
+        ("bal", "", "ann\tbob", r"author may not hold a control character \(U\+0009"),
+        ("bal", "", "ann\x85", r"author may not hold a control character \(U\+0085"),
+        ("bal", "", "\ud800", r"author may not hold a lone surrogate \(U\+D800"),
     ],
 )
 def test_bad_labels_are_refused_and_nothing_is_written(
@@ -56,6 +62,12 @@ def test_bad_labels_are_refused_and_nothing_is_written(
     with pytest.raises(LabelError, match=message):
         store.add("demo", 7, label, author=author, note=note)
     assert store.count_events() == 0
+
+
+def test_a_note_keeps_its_line_breaks_and_tabs(store: LabelStore) -> None:
+    note = "C IV trough\n\tand Si IV"
+    assert store.add("demo", 7, "bal", author="ann", note=note).note == note
+    assert store.latest("demo", 7).note == note
 
 
 def test_labels_survive_a_restart(tmp_path: Path) -> None:

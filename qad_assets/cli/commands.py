@@ -131,5 +131,5 @@ def cmd_explore(args: argparse.Namespace) -> None:
     """
     from qad_assets.explorer.app import serve
 
-    storage = storage_root(args.storage)
+    storage = storage_root(args.storage, create=False)
     serve(storage, host=args.host, port=args.port, release=args.release, labels_url=Settings.from_env().labels_db)

@@ -69,10 +69,13 @@ class RunSettings:
         return cls(storage=storage, **json.loads(path.read_text()))
 
 
-def storage_root(value: str | None) -> Path:
-    """``--storage``, else the configured storage root, else ``./storage``; created if missing."""
+def storage_root(value: str | None, *, create: bool = True) -> Path:
+    """``--storage``, else the configured storage root, else ``./storage``; created if missing unless
+    ``create`` is false (a command that only reads products must not leave an empty root behind a typo).
+    """
     root = Path(value or Settings.from_env().storage or "storage").expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
     return root
 
 

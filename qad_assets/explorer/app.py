@@ -20,9 +20,11 @@ import uvicorn
 from bokeh.resources import Resources
 from bokeh.util.paths import bokehjs_path
 from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
 from qad_assets.errors import UserError
 from qad_assets.explorer.catalog import (
@@ -42,10 +44,25 @@ from qad_assets.science.ranking.interest import InterestOptions
 
 STATIC = Path(__file__).parent / "static"
 _RELEASE = re.compile(r"^[a-z0-9]+$")
+_DIGITS = re.compile(r"[0-9]{1,20}")
 #: How often a release's product files are checked for a rescoring (a stat per file).
 REFRESH_S = 30.0
 NEIGHBOURS = 8
 MAX_SMOOTHING = 51
+#: What a text field holding a lone surrogate (valid JSON, ``"\\ud800"``, but no character) is told.
+_UNICODE_MSG = "not valid Unicode text: it holds a lone surrogate (\\ud800-\\udfff), which is no character"
+
+
+def _digits_to_int(value: object) -> object:
+    """A TARGETID given as a string of digits, as the page sends it (beyond 2**53 a JSON number loses
+    digits in JavaScript), as the integer it spells; anything else is left for the strict check.
+    """
+    return int(value) if isinstance(value, str) and _DIGITS.fullmatch(value) else value
+
+
+#: A TARGETID in a request: an integer or a string of digits, never a float, which above 2**53 would be
+#: rounded to a neighbouring target's TARGETID.
+TargetId = Annotated[StrictInt, BeforeValidator(_digits_to_int), Field(gt=0)]
 
 
 class LabelRequest(BaseModel):
@@ -53,7 +70,7 @@ class LabelRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    targetid: int = Field(gt=0)
+    targetid: TargetId
     label: str = Field(max_length=32)
     note: str = Field(default="", max_length=MAX_NOTE_CHARS)
     author: str = Field(min_length=1, max_length=MAX_AUTHOR_CHARS)
@@ -157,6 +174,11 @@ def create_app(storage: Path, labels: LabelStore, *, default_release: str | None
     def _bad_query(_request: Any, err: QueryError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
 
+    @app.exception_handler(RequestValidationError)
+    def _bad_request(_request: Any, err: RequestValidationError) -> JSONResponse:
+        errors = [{**e, "msg": _UNICODE_MSG} if e["type"] == "string_unicode" else e for e in err.errors()]
+        return JSONResponse({"detail": _encodable(jsonable_encoder(errors))}, status_code=422)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
         release = default_release or next(iter(explorer.releases()), "")
@@ -233,9 +255,10 @@ def create_app(storage: Path, labels: LabelStore, *, default_release: str | None
             raise HTTPException(409, str(err)) from None
         data = spectrum_data(view, frame=frame, smoothing=smooth, region=row.get("top_region"))
         driver = " · ".join(str(row[c]) for c in ("top_component", "top_region") if row.get(c))
-        model = f"model v{view.model_version}" if view.model is not None else "no model"
+        model = f"model v{view.model_version}" if view.model is not None else f"no model: {view.no_model}"
         score = f"z={row['Z']:.4f}  score={row['anomaly_score']:.2f}"
         data["title"] = f"TARGETID {targetid}  {score}  driven by {driver or '—'}  ({model})"
+        data["no_model"] = view.no_model
         return data
 
     @app.post("/api/releases/{release}/rerank")
@@ -292,19 +315,38 @@ def create_app(storage: Path, labels: LabelStore, *, default_release: str | None
 
 
 def serve(storage: Path, *, host: str, port: int, release: str | None, labels_url: str | None) -> None:
-    """Run the explorer until interrupted (``qad explore``). A ``release`` that has no scores is refused
-    before the server starts and before the label database is opened (a typo creates nothing).
+    """Run the explorer until interrupted (``qad explore``). A storage root without a scored release, or
+    a ``release`` that has no scores, is refused before the server starts and before the label database
+    is opened (a typo creates nothing).
     """
     known = scored_releases(storage)
     if release is not None and release not in known:
         names = ", ".join(known) or "none"
         raise UserError(f"--release {release}: no scored release of that name under {storage} (releases: {names})")
+    if not known:
+        raise UserError(
+            f"--storage {storage}: no scored release there (no anomaly_scores/<release>/*.parquet); "
+            "run `qad demo` or `qad run` on it first"
+        )
     labels = LabelStore.for_storage(storage, labels_url)
     app = create_app(storage, labels, default_release=release)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         labels.close()
+
+
+def _encodable(value: Any) -> Any:
+    """Validation errors echo the input: a lone surrogate in it (``"\\ud800"`` is valid JSON) cannot be
+    encoded as UTF-8, and the answer would be a 500; such characters are spelled as escapes instead.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    return value
 
 
 def _event_json(event: LabelEvent) -> dict[str, Any]:

@@ -2,12 +2,16 @@
 
 The spectrum is read from its ``normalized_spectra`` partition file (one row of a few hundred; Parquet
 reads that file's row group, never the release), and reconstructed by the release's current model
-package (loaded once, weights and config only: the scorer is not needed to draw). Fluxes are put back in
-observed units (``flux · scale``, 1e-17 erg/s/cm²/Å) on the rest-frame grid. No Dagster import.
+package (loaded once, weights and config only: the scorer is not needed to draw; every file is checked
+against its registration first, as for scoring). A package that cannot be loaded (none published, a file
+changed since it was registered) leaves the view without a reconstruction, saying why; the verdict is kept
+until the release is rescored, not retried per request. Fluxes are put back in observed units
+(``flux · scale``, 1e-17 erg/s/cm²/Å) on the rest-frame grid. No Dagster import.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +19,19 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from qad_assets.errors import ModelPackageError
-from qad_assets.science.model.package import current_package, load_model, read_registration
+from qad_assets.errors import GridMismatchError, ModelPackageError
+from qad_assets.science.model.package import PackageChangedError, current_package, load_verified_model
 from qad_assets.science.model.vae import SpectrumVAE, reconstruct
 from qad_assets.science.spectra.rest_frame import REST_GRID
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SpectrumView:
     """Rest-frame wavelength (Å), flux and inverse variance in observed units (ivar 0 = no data), the
-    reconstruction on the same grid (None without a model) and the version of the model that made it.
+    reconstruction on the same grid (None without a model), the version of the model that made it and,
+    without one, why (``no_model``).
     """
 
     targetid: int
@@ -34,6 +41,16 @@ class SpectrumView:
     ivar: np.ndarray
     model: np.ndarray | None
     model_version: str
+    no_model: str = ""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The release's VAE and its registered version, or None and the reason shown instead of a fit."""
+
+    vae: SpectrumVAE | None
+    version: str = ""
+    reason: str = ""
 
 
 class SpectrumSource:
@@ -43,8 +60,7 @@ class SpectrumSource:
         self.storage = Path(storage)
         self.release = release
         self._lock = threading.Lock()
-        self._model: tuple[SpectrumVAE, str] | None = None
-        self._model_error: str | None = None
+        self._model: LoadedModel | None = None
 
     def read(self, partition: str, row: int, targetid: int) -> SpectrumView:
         """The spectrum at ``row`` of ``partition``; ``targetid`` checks that the index still matches."""
@@ -55,8 +71,8 @@ class SpectrumSource:
         scale = float(frame["scale"][0])
         flux = frame["flux"].to_numpy().astype(np.float32).reshape(1, -1)
         ivar = frame["ivar"].to_numpy().astype(np.float32).reshape(1, -1)
-        model, version = self.model()
-        fit = reconstruct(model, flux, ivar).spectrum[0] * scale if model is not None else None
+        loaded = self.model()
+        fit = reconstruct(loaded.vae, flux, ivar).spectrum[0] * scale if loaded.vae is not None else None
         return SpectrumView(
             targetid=targetid,
             z=float(frame["Z"][0]),
@@ -64,20 +80,35 @@ class SpectrumSource:
             flux=flux[0] * scale,
             ivar=ivar[0] / scale**2,
             model=fit,
-            model_version=version,
+            model_version=loaded.version,
+            no_model=loaded.reason,
         )
 
-    def model(self) -> tuple[SpectrumVAE | None, str]:
-        """The release's current VAE and its registered version (loaded on first use; None if none yet)."""
+    def model(self) -> LoadedModel:
+        """The release's current VAE, loaded on first use; a package that cannot be loaded is remembered
+        with the reason, so that a broken package costs one hash check, not one per spectrum drawn.
+        """
         with self._lock:
-            if self._model is None and self._model_error is None:
-                try:
-                    package = current_package(self.storage / "vae_model" / self.release)
-                    model, _, _ = load_model(package, grid=REST_GRID)
-                    self._model = (model, read_registration(package).get("version", ""))
-                except ModelPackageError as err:
-                    self._model_error = str(err)
-            return self._model if self._model is not None else (None, "")
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def _load(self) -> LoadedModel:
+        """The verified package's VAE, or why there is none (short enough for the plot's title; the log
+        has the whole message, paths included).
+        """
+        try:
+            package = current_package(self.storage / "vae_model" / self.release)
+            vae, _, registration = load_verified_model(package, grid=REST_GRID)
+        except PackageChangedError as err:
+            log.warning("spectra of %s drawn without a model: %s", self.release, err)
+            return LoadedModel(None, reason=f"model package v{err.version} changed since it was registered")
+        except (ModelPackageError, GridMismatchError) as err:
+            log.warning("spectra of %s drawn without a model: %s", self.release, err)
+            return LoadedModel(None, reason=str(err))
+        if registration is None:
+            return LoadedModel(None, reason=f"{package.name} is not a registered model package")
+        return LoadedModel(vae, str(registration.get("version", "")))
 
 
 def smooth(flux: np.ndarray, ivar: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:

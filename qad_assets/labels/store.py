@@ -15,6 +15,7 @@ Dagster instance's server) keeps the table in a schema of its own (``qad_labels`
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -33,6 +34,8 @@ from qad_assets.labels.vocabulary import BY_CODE, MAX_AUTHOR_CHARS, MAX_NOTE_CHA
 POSTGRES_SCHEMA = "qad_labels"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _RELEASE = re.compile(r"^[a-z0-9]+$")
+#: The control characters a note may hold: free text from a text box, its line breaks and tabs included.
+NOTE_WHITESPACE = "\t\n"
 
 METADATA = sa.MetaData()
 EVENTS = sa.Table(
@@ -93,6 +96,23 @@ def check_label(label: str, note: str, author: str) -> None:
         raise LabelError(f"note of {len(note)} characters; at most {MAX_NOTE_CHARS}")
     if not author.strip() or len(author) > MAX_AUTHOR_CHARS:
         raise LabelError(f"author must be 1 to {MAX_AUTHOR_CHARS} characters")
+    _check_text("author", author, allowed="")
+    _check_text("note", note, allowed=NOTE_WHITESPACE)
+
+
+def _check_text(field: str, text: str, *, allowed: str) -> None:
+    """Refuse control characters (C0, DEL, C1: SQLite's C API stops at NUL, CSV and VOTable carry them
+    raw or drop them) and lone surrogates (not encodable in UTF-8), so that what is stored is what every
+    export and page shows. ``allowed``: the control characters this field may hold.
+    """
+    for position, char in enumerate(text):
+        category = unicodedata.category(char)
+        if (category == "Cc" and char not in allowed) or category == "Cs":
+            kind = "a lone surrogate" if category == "Cs" else "a control character"
+            raise LabelError(
+                f"{field} may not hold {kind} (U+{ord(char):04X} at position {position})"
+                + ("; tabs and line breaks are allowed" if allowed else "")
+            )
 
 
 class LabelStore:

@@ -87,7 +87,7 @@ async function loadPage() {
 
 function renderTable() {
   const head = $("#candidates thead");
-  head.innerHTML = "";
+  head.replaceChildren();
   const header = head.insertRow();
   for (const column of state.columns) {
     const th = document.createElement("th");
@@ -96,7 +96,7 @@ function renderTable() {
     header.appendChild(th);
   }
   const body = $("#candidates tbody");
-  body.innerHTML = "";
+  body.replaceChildren();
   state.rows.forEach((row, index) => {
     const tr = body.insertRow();
     tr.dataset.targetid = row.TARGETID;
@@ -169,7 +169,7 @@ async function openCandidate(targetid) {
     `RA ${format("RA", row.RA)} Dec ${format("DEC", row.DEC)}`,
   ];
   const container = $("#candidate-facts");
-  container.innerHTML = "";
+  container.replaceChildren();
   for (const fact of facts) container.appendChild(Object.assign(document.createElement("span"), { textContent: fact }));
   if (detail.legacy_viewer) {
     container.appendChild(Object.assign(document.createElement("a"), {
@@ -191,7 +191,7 @@ function renderLabel() {
     button.classList.toggle("current", Boolean(current) && button.dataset.code === current.label);
   }
   const list = $("#history");
-  list.innerHTML = "";
+  list.replaceChildren();
   for (const event of detail.history.slice(0, -1).reverse()) {
     list.appendChild(Object.assign(document.createElement("li"), {
       textContent: `was ${event.label} (${event.author}, ${event.created_at})${event.note ? ` “${event.note}”` : ""}`,
@@ -201,7 +201,7 @@ function renderLabel() {
 
 function renderNeighbours() {
   const list = $("#neighbours");
-  list.innerHTML = "";
+  list.replaceChildren();
   for (const item of state.candidate.neighbours) {
     const link = Object.assign(document.createElement("a"), {
       textContent: `${item.TARGETID}  z ${format("Z", item.Z)}  score ${format("anomaly_score", item.anomaly_score)}` +
@@ -346,16 +346,17 @@ async function start() {
   $("#author").addEventListener("change", () => localStorage.setItem("qad-author", $("#author").value.trim()));
   const vocabulary = await api("/api/vocabulary");
   state.vocabulary = vocabulary.labels;
-  const keys = [];
+  const keys = $("#label-keys");
+  keys.textContent = "";
   for (const item of state.vocabulary) {
     const button = Object.assign(document.createElement("button"), { type: "button", textContent: `${item.title} (${item.key})` });
     button.dataset.code = item.code;
     button.addEventListener("click", () => label(item.code));
     $("#label-buttons").appendChild(button);
     $("#filters").elements.label.add(new Option(item.title, item.code));
-    keys.push(`<kbd>${item.key}</kbd> ${item.title}`);
+    if (keys.childNodes.length) keys.append(" · ");
+    keys.append(Object.assign(document.createElement("kbd"), { textContent: item.key }), ` ${item.title}`);
   }
-  $("#label-keys").innerHTML = keys.join(" · ");
   const { releases } = await api("/api/releases");
   const hash = new URLSearchParams(location.hash.slice(1));
   state.release = hash.get("release") || state.release || releases[0];

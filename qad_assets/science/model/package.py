@@ -11,9 +11,10 @@ One home for the layout. A package is a directory::
 A release's trained model lives under ``<release folder>/packages/v<version>/`` and ``current`` (a
 symbolic link) names the one in use. A package is written in a staging folder, registered, then renamed
 into place and ``current`` swapped in one rename: a crash at any point leaves the previous package
-whole and in use, and :meth:`ModelPackage.load` refuses a package whose files do not match their
-recorded hashes. The batch ``anomaly_scores`` step, the validation report and the scoring service all
-load and score through :class:`ModelPackage`. Plain numpy/torch, no Dagster.
+whole and in use, and :func:`load_verified_model` (the way in for :meth:`ModelPackage.load` and the
+explorer) refuses a package whose files do not match their recorded hashes. The batch
+``anomaly_scores`` step, the validation report and the scoring service all load and score through
+:class:`ModelPackage`. Plain numpy/torch, no Dagster.
 """
 
 from __future__ import annotations
@@ -94,8 +95,7 @@ class ModelPackage:
     ) -> ModelPackage:
         """Load a package; with a registration, check every file's hash and take the version from it."""
         folder = Path(folder)
-        registration = _verified_registration(folder)
-        model, config, _ = load_model(folder, grid=REST_GRID, map_location=device)
+        model, config, registration = load_verified_model(folder, map_location=device)
         options = TrainOptions(**json.loads((folder / TRAINING_FILE).read_text()))
         version = version or (registration or {}).get("version", "")
         return cls(model, config, options, Scorer.load(folder / SCORER_FILE), version, training_release, device)
@@ -148,7 +148,38 @@ def read_registration(package: Path) -> dict[str, Any]:
     path = Path(package) / REGISTRATION_FILE
     if not path.exists():
         raise ModelPackageError(f"{package}: not a published model package (no {REGISTRATION_FILE})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelPackageError(
+            f"{path}: not a readable registration ({err}); retrain, or restore the package"
+        ) from None
+
+
+class PackageChangedError(ModelPackageError):
+    """A package file is not the one its registration recorded: ``version`` is the registered version,
+    ``files`` the files that differ (a front end that cannot show a path says which version broke).
+    """
+
+    def __init__(self, folder: Path, version: str, files: list[str]) -> None:
+        super().__init__(
+            f"{folder}: {', '.join(files)} changed since version {version} was registered; "
+            "the package's parts do not belong together (retrain, or restore the package)"
+        )
+        self.version = version
+        self.files = files
+
+
+def load_verified_model(
+    folder: Path, *, grid: RestFrameGrid = REST_GRID, map_location: str | torch.device = "cpu"
+) -> tuple[SpectrumVAE, VaeConfig, dict[str, Any] | None]:
+    """The VAE, its config and the registration of a package, loaded only after every file matched its
+    recorded hash: the one way in for everything that draws or scores with a published package, so that
+    a damaged file is :class:`PackageChangedError`, never a deserialisation error from inside safetensors.
+    """
+    registration = _verified_registration(folder)
+    model, config, _ = load_model(folder, grid=grid, map_location=map_location)
+    return model, config, registration
 
 
 def _verified_registration(folder: Path) -> dict[str, Any] | None:
@@ -159,10 +190,7 @@ def _verified_registration(folder: Path) -> dict[str, Any] | None:
     found = _hashes(folder)
     mismatched = sorted(name for name, digest in registration["sha256"].items() if found.get(name) != digest)
     if mismatched:
-        raise ModelPackageError(
-            f"{folder}: {', '.join(mismatched)} changed since version {registration['version']} was registered; "
-            "the package's parts do not belong together (retrain, or restore the package)"
-        )
+        raise PackageChangedError(folder, str(registration["version"]), mismatched)
     return registration
 
 
