@@ -9,6 +9,17 @@ from qad_assets.cli.commands import cmd_demo, cmd_explore, cmd_run, cmd_serve, c
 DESCRIPTION = "``qad``: run the pipeline on the demo release or a DESI archive, and open the Dagster UI."
 
 
+def port_number(value: str) -> int:
+    """A TCP port: outside 1-65535 the server would bind another port than the one it announces."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1 to 65535, got {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qad", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,14 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = with_storage(commands.add_parser("ui", help="start the Dagster webserver and daemon on this storage root"))
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    ui.add_argument("--port", type=int, default=3000, help="port (default: 3000)")
+    ui.add_argument("--port", type=port_number, default=3000, help="port (default: 3000)")
     ui.set_defaults(func=cmd_ui)
 
     serve = with_storage(
         commands.add_parser("serve", help="score spectra over HTTP with the registry's champion (Ray Serve)")
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--port", type=port_number, default=8000, help="port (default: 8000)")
     serve.add_argument("--replicas", type=int, default=1, help="scoring replicas (default: 1)")
     serve.add_argument(
         "--gpus-per-replica",
@@ -85,6 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explore.add_argument("--release", help="release the page opens (default: the first scored release)")
     explore.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    explore.add_argument("--port", type=int, default=8050, help="port (default: 8050)")
+    explore.add_argument("--port", type=port_number, default=8050, help="port (default: 8050)")
     explore.set_defaults(func=cmd_explore)
     return parser
