@@ -80,19 +80,49 @@ def test_a_file_without_checksums_is_read_as_before(tmp_path: Path) -> None:
     assert lg.counts(result.ledger)["kept"] == 5
 
 
-def test_a_file_cut_inside_its_fibermap_counts_the_rows_its_header_announces(tmp_path: Path) -> None:
+def set_card(src: Path, dst: Path, hdu: str, key: str, value: int) -> Path:
+    """A copy of ``src`` whose ``hdu`` header card ``key`` says ``value``, the bytes otherwise untouched."""
+    data = bytearray(src.read_bytes())
+    offsets = hdu_offsets(src, hdu)
+    for at in range(offsets["header_start"], offsets["data_start"], 80):
+        if data[at : at + 8].rstrip() == key.encode():
+            data[at : at + 80] = f"{key:<8}= {value:>20}".ljust(80).encode()
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_a_file_cut_inside_its_fibermap_has_no_trusted_row_count(tmp_path: Path) -> None:
+    """The header still announces 5 rows, but its table does not fit in what is left of the file: a cut
+    and a corrupt NAXIS2 look alike, so the file is one row -1 and the reason gives the figures."""
     fibermap = hdu_offsets(CHECKSUMMED, "FIBERMAP")
     path = tmp_path / "coadd.fits"
     path.write_bytes(CHECKSUMMED.read_bytes()[: fibermap["data_start"] + 100])
     result = read(path)
-    assert fibermap_rows(str(path)) == 5
-    assert result.ledger.column("row").to_pylist() == [0, 1, 2, 3, 4]
-    assert result.ledger.column("TARGETID").null_count == 5
-    assert set(reasons(result)) == {
-        f"corrupt_fits: truncated: file ends inside the data of HDU 1 (FIBERMAP) "
-        f"({fibermap['data_start'] + 100} of {fibermap['data_end']} bytes)"
-    }
+    assert fibermap_rows(str(path)) is None
+    assert result.ledger.column("row").to_pylist() == [-1]
+    assert reasons(result) == [
+        "corrupt_fits: truncated: file ends inside the data of HDU 1 (FIBERMAP): NAXIS1=341 x NAXIS2=5 "
+        "announce 1705 bytes, 100 are left"
+    ]
     assert lg.accounts_for(result.ledger, 5)
+
+
+@pytest.mark.parametrize("naxis2", [10**6, 10**18])
+def test_a_fibermap_announcing_more_rows_than_the_file_holds_is_one_bounded_row(
+    archive: Path, tmp_path: Path, naxis2: int
+) -> None:
+    """NAXIS2 = 10**18 once made ingestion allocate a ledger row per announced row (MemoryError; 10**9
+    took 9 GB): the file is quarantined with the figures, one row -1, and balances against that row."""
+    place(archive, *DR2, "special", "dark", 27247)
+    coadd = healpix_coadd(str(archive), "iron", "special", "dark", 27247).coadd
+    set_card(DR2[0], Path(coadd), "FIBERMAP", "NAXIS2", naxis2)
+    assert fibermap_rows(coadd) is None
+    summary, ledger = ingest(archive, tmp_path / "s", "special", "dark", 27247)
+    assert ledger.column("row").to_pylist() == [-1]
+    (why,) = ledger.column("reason").to_pylist()
+    assert why.startswith("corrupt_fits: truncated: file ends inside the data of HDU 1 (FIBERMAP): NAXIS1="), why
+    assert f" x NAXIS2={naxis2} announce " in why and why.endswith(" are left"), why
+    assert (summary.rows_in, summary.quarantined, summary.balanced) == (1, 1, True)
 
 
 def test_a_file_cut_inside_a_header_says_so_rather_than_missing_hdu(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import pickle
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import fsspec
@@ -20,8 +21,10 @@ from astropy.table import Table
 
 from qad_assets.errors import DesiFormatError, UserError
 from qad_assets.science.io.coadd import FIBERMAP_COLUMNS, read_coadd
+from qad_assets.science.io.fits_headers import fibermap_rows
 from qad_assets.science.io.redshifts import read_qso_catalog, read_redshifts
 from qad_assets.science.io.spectra_file import RAW_SPECTRA_SCHEMA, ReadResult, read_spectra_file
+from qad_assets.science.partition_steps import summarize_ledger
 from qad_assets.science.spectra import ledger as lg
 from qad_assets.science.spectra.arms import ARM_WAVE, ARMS, BRZ_WAVE, NPIX, merge_arms
 
@@ -365,6 +368,42 @@ def test_fibermap_shorter_than_the_arrays_quarantines_each_fibermap_row(tmp_path
     assert ledger_rows(result) == [
         (TILE.name, i, t, "quarantined", "shape_mismatch") for i, t in enumerate(TILE_TIDS[:4])
     ]
+
+
+def test_an_empty_fibermap_beside_full_arrays_quarantines_the_file(tmp_path: Path) -> None:
+    """NAXIS2 = 0 fails the shape check like any other count; with no row to name, the file is one row -1,
+    and it balances although the header it would be counted against says 0."""
+
+    def empty(h: fits.HDUList) -> None:
+        h["FIBERMAP"] = fits.BinTableHDU(h["FIBERMAP"].data[:0], name="FIBERMAP")
+
+    path = damaged(tmp_path, empty)
+    result = read(path, root=tmp_path, qso_catalog=str(CAT_TILE))
+    assert ledger_rows(result) == [(TILE.name, -1, None, "quarantined", "shape_mismatch")]
+    assert result.ledger.column("reason")[0].as_py().startswith("shape_mismatch: B_FLUX (5, 2751) != (0 FIBERMAP")
+    summary = summarize_ledger(result.ledger, seconds=0.0, output=path, input_rows=fibermap_rows(str(path)))
+    assert fibermap_rows(str(path)) == 0 and (summary.rows_in, summary.quarantined, summary.balanced) == (1, 1, True)
+
+
+@pytest.mark.parametrize("bad_z", [np.nan, -3.0, np.inf, 6.5])
+def test_a_redshift_outside_the_handled_range_quarantines_only_that_row(tmp_path: Path, bad_z: float) -> None:
+    """redrock's failed fits (Z = NaN, -3) once became spectra with no rest-frame pixel and finite scores."""
+    path = write_redrock(tmp_path / "redrock.fits", np.array(TILE_TIDS))
+    with fits.open(path, mode="update") as hdul:
+        hdul["REDSHIFTS"].data["Z"][2] = bad_z
+    result = read(TILE, path)
+    assert [r[1:] for r in ledger_rows(result) if r[3] != "kept"] == [(2, TILE_TIDS[2], "quarantined", "bad_redshift")]
+    assert result.ledger.column("reason")[2].as_py() == f"bad_redshift: Z={bad_z:g} outside [0, 6]"
+    assert result.spectra.column("TARGETID").to_pylist() == TILE_TIDS[:2] + TILE_TIDS[3:]
+
+
+def test_a_catalogue_redshift_outside_the_handled_range_quarantines_only_that_row(clean_tile: ReadResult) -> None:
+    catalog = read_qso_catalog(str(CAT_TILE))
+    z = catalog.z.copy()
+    z[catalog.lookup(np.array(TILE_TIDS[1:2]))] = -3.0
+    result = read(TILE, qso_catalog=replace(catalog, z=z, _index={}))
+    assert [r[1:] for r in ledger_rows(result) if r[3] != "kept"] == [(1, TILE_TIDS[1], "quarantined", "bad_redshift")]
+    assert_survivors(result, clean_tile, [0, 2, 3, 4])
 
 
 def test_nan_at_a_good_pixel_quarantines_only_that_row(tmp_path: Path, clean_tile: ReadResult) -> None:

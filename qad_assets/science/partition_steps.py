@@ -55,10 +55,12 @@ def summarize_ledger(table: pa.Table, *, seconds: float, output: Path, input_row
 
     ``input_rows`` is an independent count of the input (a coadd's FIBERMAP ``NAXIS2``, read from its
     header apart from the ledger): the summary is balanced only when the ledger holds each of those rows
-    exactly once. Without it (a file whose header cannot be read) the ledger's own rows are the count.
+    exactly once. Without it (a file whose header cannot be read), or when the ledger is one row -1 (a
+    file whose row count could not be trusted: :func:`~ledger.unknown_count`), the ledger's own rows are
+    the count.
     """
     status = ledger.counts(table)
-    rows_in = table.num_rows if input_rows is None else input_rows
+    rows_in = table.num_rows if input_rows is None or ledger.unknown_count(table) else input_rows
     reasons = Counter(
         ledger.reason_code(text)
         for text, st in zip(table.column("reason").to_pylist(), table.column("status").to_pylist(), strict=True)

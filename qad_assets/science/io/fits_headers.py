@@ -12,6 +12,7 @@ and one numba kernel for the checksum of large HDUs (it reads every byte of the 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -83,7 +84,15 @@ def _data_bytes(cards: dict[str, object], where: str) -> int:
         raise FitsLayoutError(f"{where}: BITPIX={bitpix}, NAXIS={naxis} {dims} is not a FITS data shape")
     if naxis == 0:
         return 0
-    return abs(bitpix) // 8 * gcount * (pcount + int(np.prod(dims, dtype=np.int64)))
+    return abs(bitpix) // 8 * gcount * (pcount + math.prod(dims))  # Python ints: NAXIS2=10**18 cannot wrap
+
+
+def _overrun(label: str, cards: dict[str, object], announced: int, left: int) -> str:
+    """Why an HDU's data does not fit, with the figures: a file cut short and a corrupt ``NAXISn`` (999999999
+    rows) look alike from the bytes, so both are named by what the header announces and what is left."""
+    dims = " x ".join(f"NAXIS{i}={cards[f'NAXIS{i}']}" for i in range(1, int(cards["NAXIS"]) + 1))
+    extra = f" + PCOUNT={cards['PCOUNT']}" if cards.get("PCOUNT") else ""
+    return f"file ends inside the data of {label}: {dims}{extra} announce {announced} bytes, {left} are left"
 
 
 def walk(read: Callable[[int, int], bytes], size: int) -> Iterator[Hdu]:
@@ -109,10 +118,11 @@ def walk(read: Callable[[int, int], bytes], size: int) -> Iterator[Hdu]:
             raise FitsLayoutError(f"{where}: no END card in {MAX_HEADER_BLOCKS} header blocks")
         name = str(cards.get("EXTNAME", "PRIMARY" if index == 0 else "")).strip().upper()
         label = f"HDU {index} ({name})" if name else where
-        data_end = offset + -(-_data_bytes(cards, label) // BLOCK) * BLOCK
+        announced = _data_bytes(cards, label)
+        data_end = offset + -(-announced // BLOCK) * BLOCK
         yield Hdu(index, name, start, offset, data_end, cards)  # its header is whole, even if its data is not
         if data_end > size:
-            raise FitsLayoutError(f"file ends inside the data of {label} ({size} of {data_end} bytes)", truncated=True)
+            raise FitsLayoutError(_overrun(label, cards, announced, size - offset), truncated=True)
         offset, index, previous = data_end, index + 1, name or f"HDU {index}"
 
 
@@ -141,24 +151,21 @@ def hdus(path: str, fs: object | None = None) -> list[Hdu]:
         return list(walk(read, size))
 
 
-def find(path: str, extname: str, fs: object | None = None) -> Hdu | None:
-    """The first HDU called ``extname``, reading headers only up to it; None when the file has none."""
-    with _open(path, fs) as (read, size):
-        for hdu in walk(read, size):
-            if hdu.extname == extname:
-                return hdu
-    return None
-
-
 def fibermap_rows(path: str, fs: object | None = None) -> int | None:
-    """Rows the FIBERMAP header announces (``NAXIS2``), even when its data is cut short; None when the file
-    has no readable FIBERMAP header (or cannot be opened).
+    """Rows the FIBERMAP header announces (``NAXIS2``) when the table it announces fits in the file; None
+    when the file has no readable FIBERMAP header, cannot be opened, or its FIBERMAP announces more bytes
+    than the file holds after that header.
+
+    The last case is a file cut short inside its FIBERMAP or a corrupt ``NAXIS2`` (999999999): the bytes
+    cannot tell which, so no row count is trusted and nothing is allocated per announced row; the ledger
+    then holds one row -1 (an unknown count), and the file is balanced against that one row.
     """
     try:
-        hdu = find(path, "FIBERMAP", fs)
+        with _open(path, fs) as (read, size):
+            hdu = next((h for h in walk(read, size) if h.extname == "FIBERMAP"), None)
     except (FitsLayoutError, OSError):
         return None
-    value = hdu.cards.get("NAXIS2") if hdu is not None else None
+    value = hdu.cards.get("NAXIS2") if hdu is not None and hdu.data_end <= size else None
     return int(value) if isinstance(value, int) and value >= 0 else None
 
 

@@ -23,7 +23,7 @@ from qad_assets.science.io.fits_headers import fibermap_rows
 from qad_assets.science.io.redshifts import QsoCatalog, cached_qso_catalog, match_redshifts, read_redshifts
 from qad_assets.science.spectra import ledger as lg
 from qad_assets.science.spectra.arms import NPIX, merge_arms
-from qad_assets.science.spectra.selection import pixel_reasons, selection_reasons
+from qad_assets.science.spectra.selection import flag_bad_redshifts, pixel_reasons, selection_reasons
 from qad_assets.science.spectra.snr import arm_snr
 
 
@@ -79,7 +79,8 @@ def read_spectra_file(
     quarantined = bad input; filters act before pixel checks, so a SKY fiber with no data is filtered):
 
     * file-level, quarantined (every FIBERMAP row: with its TARGETID if the FIBERMAP still reads, else
-      with the row count its header announces and no TARGETID, else one row -1):
+      with the row count its header announces and no TARGETID when that table fits in the file, else one
+      row -1, which the ledger balances against: :func:`~qad_assets.science.io.fits_headers.fibermap_rows`):
       ``corrupt_fits`` (unreadable or truncated, naming the HDU where it breaks), ``checksum_mismatch``
       (an HDU read fails its recorded DATASUM/CHECKSUM), ``not_a_file`` (a directory or a symbolic link
       loop), ``missing_hdu``, ``missing_column``, ``shape_mismatch``, ``bad_wavelength`` (coadd);
@@ -94,7 +95,9 @@ def read_spectra_file(
     * filtered: with a QSO catalogue, ``not_in_qso_catalog`` (membership replaces the redrock test, since
       the catalogue adds afterburner quasars redrock calls GALAXY); without one, ``not_qso`` (SPECTYPE !=
       QSO) then ``zwarn`` (ZWARN != 0);
-    * row-level, quarantined: ``nonfinite`` (NaN/inf ivar at a mask == 0 pixel, or NaN/inf flux where
+    * row-level, quarantined: ``bad_redshift`` (the row's Z, whichever source gives it, NaN/inf or outside
+      ``selection.Z_RANGE``: redrock writes Z=-3 or NaN for failed fits, and such a row has no rest frame),
+      ``nonfinite`` (NaN/inf ivar at a mask == 0 pixel, or NaN/inf flux where
       ivar > 0 and mask == 0), ``negative_ivar`` (any pixel), ``no_good_pixels``.
 
     Z and ZERR come from the catalogue when one is given and ``catalog_z`` (ZERR null if it has none),
@@ -130,6 +133,8 @@ def read_spectra_file(
                         return _failed_file(label, lg.reason("missing_redrock", os.fspath(redrock)), tid)
             cat_row = catalog.lookup(tid, opened.header.get("SURVEY")) if catalog is not None else None
             reasons = selection_reasons(opened, rr, cat_row)
+            row_z = _row_redshifts(len(tid), rr, catalog, cat_row, catalog_z)
+            flag_bad_redshifts(reasons, row_z)
             candidates = np.flatnonzero(reasons == "")
             # only the candidate quasars' rows of the arrays are converted (most rows of a coadd are not)
             arms = opened.arms(None if len(candidates) == len(tid) else candidates)
@@ -141,7 +146,7 @@ def read_spectra_file(
     if not keep.all():  # rare: copy only when a candidate was quarantined
         flux, ivar, good = flux[keep], ivar[keep], good[keep]
     kept = candidates[keep]
-    redshift = _redshifts(kept, rr, catalog, cat_row, catalog_z)
+    redshift = _redshifts(kept, row_z, rr, catalog, cat_row, catalog_z)
     spectra = _spectra_table(arms, release, kept, redshift, flux, ivar, good, catalog, cat_row)
     return ReadResult(spectra, lg.ledger_table(label, np.arange(len(tid)), tid, reasons))
 
@@ -157,16 +162,21 @@ def _file_label(path: str, archive_root: str | None) -> str:
 def _readable_rows(path: str, fs: fsspec.AbstractFileSystem | None) -> tuple[np.ndarray | None, int | None]:
     """(TARGETIDs, row count) of a broken file, to quarantine it row by row: the TARGETIDs when its
     FIBERMAP still reads, else the row count its FIBERMAP header announces, else (None, None).
+
+    The FIBERMAP is read only when its header's table fits in the file (:func:`fibermap_rows`): a corrupt
+    ``NAXIS2`` must not make the reader allocate rows the file cannot hold.
     """
+    count = fibermap_rows(path, fs)
+    if count is None:
+        return None, None
     try:
         with open_fits(path, fs, check_size=False, verify=False) as f:
             tid = required_column(f.table("FIBERMAP", ("TARGETID",)), "TARGETID", np.int64, path, "FIBERMAP")
-        count = fibermap_rows(path, fs)
-        if count is None or count == len(tid):
-            return tid, len(tid)
+        if count == len(tid):
+            return tid, count
     except DesiFormatError:
         pass
-    return None, fibermap_rows(path, fs)
+    return None, count
 
 
 def _header_mismatch(header: Mapping[str, Any], expected: Mapping[str, str | int] | None) -> str | None:
@@ -194,8 +204,26 @@ def _failed_file(label: str, why: str, targetids: np.ndarray | None, n_rows: int
     return ReadResult(empty, lg.file_failure(label, why, targetids, n_rows))
 
 
+def _row_redshifts(
+    n: int,
+    rr: dict[str, np.ndarray] | None,
+    catalog: QsoCatalog | None,
+    cat_row: np.ndarray | None,
+    catalog_z: bool,
+) -> np.ndarray:
+    """The Z each of the file's ``n`` rows would be kept with (NaN where its source has none), so that the
+    redshift checked at ingestion is the one stored."""
+    if catalog is None or not catalog_z:
+        return rr["Z"]
+    z = np.full(n, np.nan)
+    found = cat_row >= 0
+    z[found] = catalog.z[cat_row[found]]
+    return z
+
+
 def _redshifts(
     kept: np.ndarray,
+    row_z: np.ndarray,
     rr: dict[str, np.ndarray] | None,
     catalog: QsoCatalog | None,
     cat_row: np.ndarray | None,
@@ -207,14 +235,11 @@ def _redshifts(
     def from_cat(values: np.ndarray | None, kind: pa.DataType) -> pa.Array:
         return null(kind) if values is None else pa.array(values[cat_row[kept]], kind)
 
+    z = pa.array(row_z[kept], pa.float64())
     if catalog is not None and catalog_z:
-        z, zerr, source = (
-            from_cat(catalog.z, pa.float64()),
-            from_cat(catalog.zerr, pa.float64()),
-            "qso_catalog",
-        )
+        zerr, source = from_cat(catalog.zerr, pa.float64()), "qso_catalog"
     else:
-        z, zerr, source = pa.array(rr["Z"][kept]), pa.array(rr["ZERR"][kept]), "redrock"
+        zerr, source = pa.array(rr["ZERR"][kept]), "redrock"
     zwarn = pa.array(rr["ZWARN"][kept], pa.int64()) if rr is not None else from_cat(catalog.zwarn, pa.int64())
     return {"Z": z, "ZERR": zerr, "ZWARN": zwarn, "Z_SOURCE": pa.array([source] * kept.size, pa.string())}
 

@@ -44,6 +44,7 @@ QUARANTINE_CODES = FILE_CODES | {
     "nonfinite",
     "negative_ivar",
     "no_good_pixels",
+    "bad_redshift",
 }
 
 LEDGER_SCHEMA = pa.schema(
@@ -105,10 +106,13 @@ def ledger_table(
 def file_failure(file: str, why: str, targetids: np.ndarray | None = None, n_rows: int | None = None) -> pa.Table:
     """Quarantine a whole file: one row per FIBERMAP row when its TARGETIDs are known; else one row per row
     its FIBERMAP header announces (``n_rows``), TARGETID unknown; else one row -1 (an unknown count).
+
+    A file that fails with no rows known (a FIBERMAP of 0 rows beside 200-row arrays) also gets the row -1:
+    a quarantined file must leave a trace in the ledger.
     """
-    if targetids is not None:
+    if targetids is not None and len(targetids):
         return ledger_table(file, np.arange(len(targetids)), targetids, [why] * len(targetids))
-    if n_rows is not None:
+    if n_rows:
         return ledger_table(file, np.arange(n_rows), None, [why] * n_rows)
     return ledger_table(file, [-1], None, [why])
 
@@ -136,7 +140,13 @@ def accounts_for(ledger: pa.Table, n_input: int) -> bool:
     A whole-file failure with an unreadable FIBERMAP (a single row -1) accounts for an unknown count and
     is accepted for any ``n_input``.
     """
-    rows = ledger.column("row").to_numpy()
-    if len(rows) == 1 and rows[0] == -1:
+    if unknown_count(ledger):
         return True
+    rows = ledger.column("row").to_numpy()
     return len(rows) == n_input and np.array_equal(np.sort(rows), np.arange(n_input))
+
+
+def unknown_count(ledger: pa.Table) -> bool:
+    """True for a whole-file failure whose row count is not known (its single row -1): it stands for one
+    input row whatever the file's header announces, since that count is what could not be trusted."""
+    return ledger.num_rows == 1 and ledger.column("row")[0].as_py() == -1

@@ -4,9 +4,9 @@ DESI rows and moved to the rest frame by the batch's own resampling and normaliz
 A spectrum on DESI's merged ``brz`` grid, with the flux, ivar and mask ``raw_spectra`` holds for it, comes
 out bit for bit as ``normalized_spectra`` has it. Problems are reported with the ingestion ledger's reason
 codes where ingestion has one (``shape_mismatch``, ``bad_wavelength``, ``nonfinite``, ``negative_ivar``,
-``no_good_pixels``), so a rejected request and a quarantined row read the same; ``bad_redshift`` and
-``bad_mask`` exist only here (ingestion takes Z from redrock and masks from the file). Plain numpy, no
-Dagster.
+``no_good_pixels``, ``bad_redshift``: z outside :data:`~qad_assets.science.spectra.selection.Z_RANGE`),
+so a rejected request and a quarantined row read the same; ``bad_mask`` exists only here (ingestion takes
+masks from the file). Plain numpy, no Dagster.
 """
 
 from __future__ import annotations
@@ -22,11 +22,8 @@ from qad_assets.science.spectra import ledger
 from qad_assets.science.spectra.container import Spectra
 from qad_assets.science.spectra.normalization import normalize_batch
 from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid
-from qad_assets.science.spectra.selection import bad_pixels
+from qad_assets.science.spectra.selection import Z_RANGE, bad_pixels
 
-#: Redshifts a spectrum may be scored at. Above z ≈ 6 DESI's band (3600–9824 Å) leaves fewer than
-#: 1000 rest pixels on the grid, all blueward of 1400 Å, and no training quasar looks like that.
-Z_RANGE = (0.0, 6.0)
 #: Most pixels one spectrum may have (DESI's merged grid has 7781).
 MAX_PIXELS = 20_000
 

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from qad_assets.science.io.coadd import CoaddArms, CoaddFile
 
 INFO_FIBERSTATUS = 8  # RESTRICTED: informational, a good fiber (DESI treats 0 and 8 as good)
+#: Redshifts the pipeline handles, at ingestion and in the service. Above z ≈ 6 DESI's band (3600–9824 Å)
+#: leaves fewer than 1000 rest pixels on the grid, all blueward of 1400 Å, and no training quasar looks
+#: like that; below 0 (redrock's failed fits, Z=-3) or NaN there is no rest frame at all.
+Z_RANGE = (0.0, 6.0)
 
 
 def flag_rows(
@@ -73,6 +77,16 @@ def selection_reasons(
         flag_rows(reasons, spectype != "QSO", "not_qso", lambda r: [f"SPECTYPE={v}" for v in spectype[r]])
         flag_rows(reasons, zwarn != 0, "zwarn", lambda r: [f"ZWARN={v}" for v in zwarn[r]])
     return reasons
+
+
+def flag_bad_redshifts(reasons: np.ndarray, z: np.ndarray) -> None:
+    """Quarantine the candidates whose redshift is NaN/inf or outside :data:`Z_RANGE` (``bad_redshift``):
+    such a row has no observed pixel in the rest frame, so it would be normalized to ivar = 0 everywhere
+    and scored on nothing."""
+    lo, hi = Z_RANGE
+    with np.errstate(invalid="ignore"):
+        bad = ~((z >= lo) & (z <= hi))
+    flag_rows(reasons, bad, "bad_redshift", lambda r: [f"Z={z[i]:g} outside [{lo:g}, {hi:g}]" for i in r])
 
 
 def _all_finite(values: np.ndarray) -> bool:
