@@ -406,6 +406,25 @@ def test_a_catalogue_redshift_outside_the_handled_range_quarantines_only_that_ro
     assert_survivors(result, clean_tile, [0, 2, 3, 4])
 
 
+def test_a_row_with_no_good_pixel_on_the_rest_grid_is_quarantined(tmp_path: Path) -> None:
+    """Good pixels only redward of the rest grid's end (8450 A) at Z = 0: normalized, it would have no
+    observed pixel (n_obs = 0) and yet a finite score; it is set aside with the reason instead."""
+
+    def red_only(h: fits.HDUList) -> None:
+        h["B_IVAR"].data[3] = 0
+        h["R_IVAR"].data[3] = 0
+        h["Z_IVAR"].data[3, h["Z_WAVELENGTH"].data < 8500] = 0
+
+    path = write_redrock(tmp_path / "redrock.fits", np.array(TILE_TIDS))
+    with fits.open(path, mode="update") as hdul:
+        hdul["REDSHIFTS"].data["Z"][3] = 0.0
+    result = read(damaged(tmp_path, red_only), path, root=tmp_path)
+    assert [r[1:] for r in ledger_rows(result) if r[3] != "kept"] == [
+        (3, TILE_TIDS[3], "quarantined", "no_rest_pixels")
+    ]
+    assert result.ledger.column("reason")[3].as_py() == "no_rest_pixels: none in 800-8452 A rest at Z=0"
+
+
 def test_nan_at_a_good_pixel_quarantines_only_that_row(tmp_path: Path, clean_tile: ReadResult) -> None:
     def inject(h: fits.HDUList) -> None:
         assert h["R_IVAR"].data[1, 500] > 0 and h["R_MASK"].data[1, 500] == 0

@@ -132,6 +132,20 @@ def test_scores_are_finite_and_p_values_in_range(release: Spectra, fitted: Fitte
     assert ((scores["top_region_share"] >= 0) & (scores["top_region_share"] <= 1)).all()
 
 
+def test_a_spectrum_without_observed_pixels_gets_no_score(release: Spectra, fitted: Fitted) -> None:
+    """ivar = 0 everywhere (what a bad redshift once made): NaN score and p-value, no top component, however
+    large its observed-frame spike pull; the others score as before."""
+    few = release[np.arange(4)]
+    ivar = few.ivar.copy()
+    ivar[1] = 0.0
+    spikes = np.array([0.0, 50.0, 0.0, 0.0])
+    blind = replace(few, ivar=ivar, columns={**few.columns, "spike_pull": spikes})
+    scores = score_spectra(fitted.model, fitted.scorer, blind)
+    assert scores["n_obs"][1] == 0 and scores["top_component"][1] == ""
+    assert np.isnan(scores["anomaly_score"][1]) and np.isnan(scores["p_value"][1])
+    assert np.isfinite(np.delete(scores["anomaly_score"], 1)).all()
+
+
 def test_p_values_uniform_on_unseen_normals(release: Spectra, fitted: Fitted) -> None:
     rows = fitted.test_band & normal(release)
     p = fitted.scores["p_value"][rows]

@@ -23,7 +23,12 @@ from qad_assets.science.io.fits_headers import fibermap_rows
 from qad_assets.science.io.redshifts import QsoCatalog, cached_qso_catalog, match_redshifts, read_redshifts
 from qad_assets.science.spectra import ledger as lg
 from qad_assets.science.spectra.arms import NPIX, merge_arms
-from qad_assets.science.spectra.selection import flag_bad_redshifts, pixel_reasons, selection_reasons
+from qad_assets.science.spectra.selection import (
+    flag_bad_redshifts,
+    flag_no_rest_pixels,
+    pixel_reasons,
+    selection_reasons,
+)
 from qad_assets.science.spectra.snr import arm_snr
 
 
@@ -98,7 +103,8 @@ def read_spectra_file(
     * row-level, quarantined: ``bad_redshift`` (the row's Z, whichever source gives it, NaN/inf or outside
       ``selection.Z_RANGE``: redrock writes Z=-3 or NaN for failed fits, and such a row has no rest frame),
       ``nonfinite`` (NaN/inf ivar at a mask == 0 pixel, or NaN/inf flux where
-      ivar > 0 and mask == 0), ``negative_ivar`` (any pixel), ``no_good_pixels``.
+      ivar > 0 and mask == 0), ``negative_ivar`` (any pixel), ``no_good_pixels``, ``no_rest_pixels`` (no
+      good pixel lands on the rest-frame grid at the row's Z: nothing would be left to score).
 
     Z and ZERR come from the catalogue when one is given and ``catalog_z`` (ZERR null if it has none),
     else from redrock; ``Z_SOURCE`` says which. ZWARN is redrock's (the catalogue's when there is no
@@ -141,7 +147,9 @@ def read_spectra_file(
     except DesiFormatError as err:
         return _failed_file(label, err.reason, *_readable_rows(coadd, fs))
     flux, ivar, good = merge_arms(arms)
-    reasons[candidates] = pixel_reasons(arms, None, good)
+    found = pixel_reasons(arms, None, good)
+    flag_no_rest_pixels(found, good, row_z[candidates])
+    reasons[candidates] = found
     keep = reasons[candidates] == ""
     if not keep.all():  # rare: copy only when a candidate was quarantined
         flux, ivar, good = flux[keep], ivar[keep], good[keep]

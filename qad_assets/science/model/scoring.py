@@ -323,8 +323,8 @@ def _score_batch(
 ) -> dict[str, np.ndarray]:
     batch = _Batch.of(model, spectra, scorer.noise, device)
     components = batch.components(scorer.lines, scorer.arm_systematic, grid)
-    standardised, score = scorer.combine(components, spectra.snr, in_training)
     rec = batch.rec
+    standardised, score = _unobserved_as_nan(*scorer.combine(components, spectra.snr, in_training), rec.n_obs)
     pixel_chi2 = batch.pull**2
     return {
         "reduced_chi2": rec.reduced_chi2,
@@ -340,6 +340,16 @@ def _score_batch(
         **explain(pixel_chi2, batch.weights > 0, spectra.z, grid),
         "latent_mean": rec.latent_mean,
     }
+
+
+def _unobserved_as_nan(
+    standardised: dict[str, np.ndarray], score: np.ndarray, n_obs: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """NaN components and score for spectra without an observed pixel: there is nothing to score, yet some
+    components (``spikes``, from the observed frame) stay finite and the soft maximum counts unmeasured ones
+    as typical, so such a spectrum would otherwise get a finite score and a rank."""
+    observed = np.asarray(n_obs) > 0
+    return {name: np.where(observed, z, np.nan) for name, z in standardised.items()}, np.where(observed, score, np.nan)
 
 
 def top_component(z: dict[str, np.ndarray]) -> np.ndarray:

@@ -45,6 +45,7 @@ QUARANTINE_CODES = FILE_CODES | {
     "negative_ivar",
     "no_good_pixels",
     "bad_redshift",
+    "no_rest_pixels",
 }
 
 LEDGER_SCHEMA = pa.schema(

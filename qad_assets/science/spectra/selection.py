@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qad_assets.science.spectra import ledger as lg
-from qad_assets.science.spectra.arms import ARMS, rows_block
+from qad_assets.science.spectra.arms import ARMS, BRZ_WAVE, rows_block
+from qad_assets.science.spectra.rest_frame import REST_GRID, RestFrameGrid
 
 if TYPE_CHECKING:
     from qad_assets.science.io.coadd import CoaddArms, CoaddFile
@@ -87,6 +88,19 @@ def flag_bad_redshifts(reasons: np.ndarray, z: np.ndarray) -> None:
     with np.errstate(invalid="ignore"):
         bad = ~((z >= lo) & (z <= hi))
     flag_rows(reasons, bad, "bad_redshift", lambda r: [f"Z={z[i]:g} outside [{lo:g}, {hi:g}]" for i in r])
+
+
+def flag_no_rest_pixels(reasons: np.ndarray, good: np.ndarray, z: np.ndarray, grid: RestFrameGrid = REST_GRID) -> None:
+    """Quarantine the rows (``good``: their merged ``brz`` good pixels) none of whose good pixels land on the
+    rest-frame grid at their redshift (``no_rest_pixels``): normalized, such a row has ivar = 0 everywhere,
+    nothing to score, and must not be ranked."""
+    lo, hi = grid.edges[0], grid.edges[-1]
+    first, stop = np.searchsorted(BRZ_WAVE, lo * (1 + z)), np.searchsorted(BRZ_WAVE, hi * (1 + z))
+    pixel = np.arange(good.shape[1])
+    on_grid = (good & (pixel >= first[:, None]) & (pixel < stop[:, None])).any(axis=1)
+    flag_rows(
+        reasons, ~on_grid, "no_rest_pixels", lambda r: [f"none in {lo:.0f}-{hi:.0f} A rest at Z={z[i]:g}" for i in r]
+    )
 
 
 def _all_finite(values: np.ndarray) -> bool:
