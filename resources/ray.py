@@ -48,7 +48,9 @@ class RayResource(dg.ConfigurableResource):
         yields Ray's error.
         """
         retries = {"max_retries": NODE_LOSS_RETRIES, "retry_exceptions": False}
-        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, **retries)(fn)
+        # SPREAD: partitions go round the nodes; Ray's default packs the driver's node first (its hybrid policy
+        # fills a node to half its CPUs before it looks elsewhere), which leaves a CPU pool idle.
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy="SPREAD", **retries)(fn)
         pending = {task.remote(item): index for index, item in enumerate(items)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

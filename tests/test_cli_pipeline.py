@@ -28,19 +28,15 @@ def qad(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A small demo release through every stage. Its detector may miss the promotion gate (a few hundred
-    spectra): then qad exits 2 naming the failed checks, and everything before the gate is still there.
+    """A small demo release through every stage. Its new model may miss the promotion gate (a few hundred
+    spectra): that is a recorded decision, not a failed run, so qad exits 0 and prints the failed checks.
     """
     storage = tmp_path_factory.mktemp("storage")
     done = qad("demo", "--storage", str(storage), "--n-pixels", "3", "--targets-per-pixel", "200", "--seed", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((storage / "validation_report" / "demo" / "metrics.json").read_text())
-    gate = {name: check["passed"] for name, check in metrics["checks"].items()}
-    if all(gate.values()):
-        assert done.returncode == 0, done.stderr[-3000:]
-    else:
-        assert done.returncode == 2, done.stderr[-3000:]
-        failed = [name for name, ok in gate.items() if not ok]
-        assert all(name in done.stderr for name in failed)
+    failed = [name for name, check in metrics["checks"].items() if not check["passed"]]
+    assert all(re.search(rf"^validation_report\s+{name}\s+warn", done.stderr, re.MULTILINE) for name in failed)
     return storage, done
 
 

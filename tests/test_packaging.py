@@ -74,4 +74,4 @@ def test_installed_wheel_ships_the_instance_template(tmp_path: Path) -> None:
     package, written = run(python, "-c", PROBE, tmp_path / "storage", cwd=elsewhere).split()
     assert Path(package).is_relative_to(venv), f"imported {package}, not the installed package"
     assert Path(written).read_bytes() == (ROOT / TEMPLATE).read_bytes()
-    assert "{demo,run,ui,serve}" in run(venv / "bin" / "qad", "--help", cwd=elsewhere)  # the console script
+    assert "{demo,run,ui,serve,explore}" in run(venv / "bin" / "qad", "--help", cwd=elsewhere)  # the console script

@@ -126,7 +126,7 @@ def test_a_run_killed_while_it_holds_the_gpu_pool_is_failed_and_freed_by_the_nex
         ]
         assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids == set()
-        assert run_with_deadline(instance, 60, tags=run_tags()).success
+        assert run_with_deadline(instance, 180, tags=run_tags()).success
         assert recover_interrupted_runs(instance) == []  # nothing left to recover
 
 
@@ -182,4 +182,4 @@ def test_the_daemon_frees_the_slots_of_a_run_that_ended_holding_them(storage: Pa
         context = SimpleNamespace(instance=instance)
         list(concurrency.execute_concurrency_slots_iteration(context, logging.getLogger("test")))
         assert instance.event_log_storage.get_concurrency_info("gpu").active_run_ids == set()
-        assert run_with_deadline(instance, 60, tags=run_tags()).success
+        assert run_with_deadline(instance, 180, tags=run_tags()).success

@@ -20,7 +20,7 @@ import requests
 from qad_assets.definitions import defs
 from qad_assets.demo.release import DemoRelease
 from qad_assets.partitions import archive_partition_keys, range_tags
-from qad_assets.science.io.parquet_store import read_table
+from qad_assets.science.io.parquet_store import SPECTRUM_COLUMNS, read_table
 from qad_assets.science.model.package import ModelPackage
 from qad_assets.science.model.registry import CHALLENGER, CHAMPION, ModelRegistry
 from qad_assets.science.spectra.container import Spectra
@@ -168,7 +168,7 @@ def test_without_the_release_spectra_are_scored_as_unseen(pipeline: Pipeline, se
     normalized = read_table(pipeline.storage / "normalized_spectra" / "demo" / f"{pipeline.keys[1]}.parquet")
     rows = list(range(40))  # normalized_spectra keeps raw_spectra's row order
     assert normalized["TARGETID"].to_numpy()[rows].tolist() == [s["targetid"] for s in unseen]
-    local = model.score(Spectra.from_table(normalized, REST_GRID.wave)[rows])
+    local = model.score(Spectra.from_table(normalized, REST_GRID.wave, columns=SPECTRUM_COLUMNS)[rows])
     np.testing.assert_allclose([s["anomaly_score"] for s in unseen], local["anomaly_score"], rtol=1e-5, atol=1e-5)
     held_out = ~model.scorer.training_rows(np.asarray([s["targetid"] for s in unseen]))
     assert held_out.any() and (~held_out).any()
