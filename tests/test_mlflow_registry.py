@@ -1,5 +1,6 @@
 """The MLflow registry behind vae_model and anomaly_scores: versions, aliases, tags, safe loading."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,20 @@ def test_a_registered_model_refuses_another_grid(registry, tmp_path: Path) -> No
     downloaded = mlflow.download_model_dir("1", tmp_path / "v1")
     with pytest.raises(GridMismatchError):
         load_model(downloaded, grid=REST_GRID.wave[:-1])
+
+
+def test_logging_a_version_leaves_the_environment_as_it_found_it(registry, tmp_path: Path, monkeypatch) -> None:
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ: a qad run started afterwards
+    from this process registered its model into the first store (version 4 of another release).
+    """
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    _, dirs = registry
+    other = ModelRegistry(str(tmp_path))
+    _, version = other.log_model_version(dirs[0], npix=REST_GRID.npix, params={}, history={}, tags={})
+    assert version == "1"
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    other.log_model_version(dirs[0], npix=REST_GRID.npix, params={}, history={}, tags={})
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
+    assert sorted(int(v.version) for v in other.client().search_model_versions("name='qad-vae'")) == [1, 2]

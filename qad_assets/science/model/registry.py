@@ -6,6 +6,9 @@ pipeline's ``MlflowResource`` does without importing Dagster.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,29 @@ from qad_assets.science.model import pyfunc as vae_pyfunc
 CHALLENGER = "challenger"
 #: The version the batch and the service score with; ``validation_report`` moves it when it promotes.
 CHAMPION = "champion"
+
+
+@contextmanager
+def fluent_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``start_run``, ``log_model``) at ``uri`` for a block, then put back what
+    was there: ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``, which
+    every later subprocess (a ``qad`` run, a Ray worker) would inherit and register into this store.
+    """
+    saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved_tracking = mlflow.get_tracking_uri() if saved_env["MLFLOW_TRACKING_URI"] else None
+    saved_registry = mlflow.get_registry_uri() if saved_env["MLFLOW_REGISTRY_URI"] else None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_tracking)
+        mlflow.set_registry_uri(saved_registry)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @dataclass(frozen=True)
@@ -67,13 +93,11 @@ class ModelRegistry:
         """Log a trained model (params, per-epoch losses, tags, the model as code + weights) and register
         a new version of ``registered_model``; returns ``(run_id, version)``.
         """
-        mlflow.set_tracking_uri(self.uri())
-        mlflow.set_registry_uri(self.uri())
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, npix), "spectra")]),
             outputs=Schema([TensorSpec(np.dtype(np.float64), (-1, 3), "reduced_chi2_kl_amplitude")]),
         )
-        with mlflow.start_run(experiment_id=self.experiment_id(), tags=tags) as run:
+        with fluent_uris(self.uri()), mlflow.start_run(experiment_id=self.experiment_id(), tags=tags) as run:
             mlflow.log_params({k: str(v) for k, v in params.items()})
             for epoch in range(len(history.get("val_loss", []))):
                 mlflow.log_metrics({k: float(v[epoch]) for k, v in history.items()}, step=epoch)
