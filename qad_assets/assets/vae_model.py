@@ -49,6 +49,7 @@ class VaeTrainingConfig(dg.Config):
     hidden: list[int] = Field(default_factory=lambda: list(VaeConfig.hidden))
     beta: float = VaeConfig.beta
     forest_weight: float = VaeConfig.forest_weight
+    model_error: float = VaeConfig.model_error
     seed: int = 0
     max_epochs: int = 40
     patience: int = 5
@@ -58,7 +59,11 @@ class VaeTrainingConfig(dg.Config):
 
     def vae_config(self) -> VaeConfig:
         return VaeConfig(
-            latent_dim=self.latent_dim, hidden=tuple(self.hidden), beta=self.beta, forest_weight=self.forest_weight
+            latent_dim=self.latent_dim,
+            hidden=tuple(self.hidden),
+            beta=self.beta,
+            forest_weight=self.forest_weight,
+            model_error=self.model_error,
         )
 
     def train_options(self) -> TrainOptions:

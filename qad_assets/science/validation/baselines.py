@@ -41,11 +41,11 @@ MAX_FIT_ROWS = 3000
 
 
 def pixel_weights(ivar: np.ndarray, grid: RestFrameGrid, config: VaeConfig | None = None) -> np.ndarray:
-    """The VAE's χ² weights in numpy: ivar, and ``f·ivar/(1 + ivar·σ²)`` in the Lyα forest."""
+    """The VAE's χ² weights in numpy: ``ivar/(1 + ivar·ε²)``, and ``f·ivar/(1 + ivar·σ²)`` in the Lyα forest."""
     config = config or VaeConfig()
     ivar = np.clip(np.asarray(ivar, np.float64), 0.0, None)
     forest = config.forest_weight * ivar / (1.0 + ivar * config.forest_sigma**2)
-    return np.where(lya_forest_mask(grid), forest, ivar)
+    return np.where(lya_forest_mask(grid), forest, ivar / (1.0 + ivar * config.model_error**2))
 
 
 def _split(targetid: np.ndarray, val_fraction: float) -> np.ndarray:
