@@ -52,9 +52,11 @@ PIXELS = 6
 SPECTRA_ASSETS = ("raw_spectra", "normalized_spectra", "spectral_features")
 PRODUCTS = (*SPECTRA_ASSETS, "raw_spectra/ledger", "anomaly_scores")
 #: Two-node Ray Train against one process, same data and options: relative gap of the best held-out pooled
-#: reduced χ². On these 155 spectra (30 held out) the seed alone moves one process's figure by ±12 %
-#: (2.81-3.57 for seeds 0-3); two nodes gave 3.24 against 3.06 (6 %): a few per cent is not resolvable here.
-RAY_TRAIN_TOLERANCE = 0.10
+#: reduced χ². On these 155 spectra (30 held out) the seed alone moves the figure far more than a few per
+#: cent: one process 1.52-1.69 for seeds 0-3, two local Ray Train workers 1.66-1.92 for seeds 0-2 (the
+#: same seed 0: 1.58 and 1.92, 22 %); two nodes gave 1.85 against 1.67 (10.5 %). A tolerance under the
+#: seed spread would test the seed, not the cluster.
+RAY_TRAIN_TOLERANCE = 0.25
 START_S, RUN_S = 120, 600
 
 

@@ -26,8 +26,8 @@ from resources.storage import StorageResource
 class ValidationConfig(dg.Config):
     auroc_floor: float = Field(
         default=0.85,
-        description="blocking: floor of the VAE's overall injection AUROC (all classes and strengths, subtle ones "
-        "included; 0.88 on the default demo release, ≥ 0.94 per class at full strength)",
+        description="promotion needs the VAE's overall injection AUROC at this floor or above (all classes and "
+        "strengths, subtle ones included; 0.91 on the default demo release); a miss is recorded, not a stop",
     )
     injections_per_class: int = 60
     real_injection_draws: int = Field(
