@@ -289,3 +289,14 @@ def test_ray_train_two_workers_matches_single_process(partitions, tmp_path, monk
 
 def _arrays(data: Spectra) -> tuple[np.ndarray, np.ndarray]:
     return data.flux, data.ivar
+
+
+@pytest.mark.parametrize("model_error", [float("nan"), -0.05, 1.0])
+def test_the_training_config_refuses_a_floor_that_is_not_a_fraction(model_error):
+    """A NaN floor would make every weight NaN and train nothing, silently."""
+    from pydantic import ValidationError
+
+    from qad_assets.assets.vae_model import VaeTrainingConfig
+
+    with pytest.raises(ValidationError, match="model_error"):
+        VaeTrainingConfig(model_error=model_error)

@@ -49,7 +49,9 @@ class VaeTrainingConfig(dg.Config):
     hidden: list[int] = Field(default_factory=lambda: list(VaeConfig.hidden))
     beta: float = VaeConfig.beta
     forest_weight: float = VaeConfig.forest_weight
-    model_error: float = VaeConfig.model_error
+    model_error: float = Field(
+        default=VaeConfig.model_error, ge=0.0, lt=1.0, description="training likelihood's model-error floor ε"
+    )
     seed: int = 0
     max_epochs: int = 40
     patience: int = 5
