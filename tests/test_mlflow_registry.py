@@ -1,13 +1,16 @@
 """The MLflow registry behind vae_model and anomaly_scores: versions, aliases, tags, safe loading."""
 
+import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import mlflow as mlflow_api
 import numpy as np
 import pytest
 import torch
 
-from qad_assets.errors import GridMismatchError
+from qad_assets.errors import GridMismatchError, ModelPackageError
 from qad_assets.science.model.package import load_model, save_model
 from qad_assets.science.model.registry import CHALLENGER, CHAMPION, ModelRegistry
 from qad_assets.science.model.vae import SpectrumVAE, VaeConfig, reconstruct
@@ -97,3 +100,32 @@ def test_logging_a_version_leaves_the_environment_as_it_found_it(registry, tmp_p
     other.log_model_version(dirs[0], npix=REST_GRID.npix, params={}, history={}, tags={})
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
     assert sorted(int(v.version) for v in other.client().search_model_versions("name='qad-vae'")) == [1, 2]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # MLflow follows the environment again, not a pinned copy
+    assert mlflow_api.get_tracking_uri() != "sqlite:///elsewhere.db"
+
+
+def test_two_threads_log_into_their_own_registries(registry, tmp_path: Path, monkeypatch) -> None:
+    """The fluent URIs and the active run are process-wide: unserialized, both threads' runs failed."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _, dirs = registry
+    stores = [ModelRegistry(str(tmp_path / name)) for name in ("a", "b")]
+
+    def log_twice(store: ModelRegistry) -> list[str]:
+        return [
+            store.log_model_version(dirs[0], npix=REST_GRID.npix, params={}, history={}, tags={})[1] for _ in range(2)
+        ]
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(log_twice, stores)) == [["1", "2"], ["1", "2"]]
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+@pytest.mark.parametrize("model_error", [float("nan"), -0.05, None, "0.05"])
+def test_a_package_with_a_broken_model_error_is_refused_naming_its_file(tmp_path: Path, model_error) -> None:
+    """NaN would make every χ² NaN, silently; None or a string failed later inside reconstruct."""
+    folder = save_model(small_model(0), VaeConfig(hidden=(32,), latent_dim=4), REST_GRID, tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["config"]["model_error"] = model_error
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelPackageError, match=r"model\.json: config: model_error must be a number in \[0, 1\)"):
+        load_model(folder, grid=REST_GRID)

@@ -236,7 +236,10 @@ def load_model(
             f"model rest grid (npix={grid_info['npix']}, sha256={grid_info['sha256'][:12]}…) differs from the "
             f"data's (sha256={grid_fingerprint(grid)[:12]}…): retrain the VAE on this grid or resample the data"
         )
-    config = VaeConfig.from_dict(meta["config"])
+    try:
+        config = VaeConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as err:
+        raise ModelPackageError(f"{folder / MODEL_FILE}: config: {err}") from err
     state = load_file(str(folder / meta["weights"]), device=str(map_location))
     model = SpectrumVAE(grid_info["npix"], state["forest_mask"].cpu().numpy(), config)
     model.load_state_dict(state)

@@ -7,6 +7,7 @@ pipeline's ``MlflowResource`` does without importing Dagster.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.types import Schema, TensorSpec
 
 from qad_assets.science.model import pyfunc as vae_pyfunc
@@ -28,27 +31,31 @@ CHALLENGER = "challenger"
 CHAMPION = "champion"
 
 
+#: One fluent block at a time: the URIs and the active run are process-wide.
+_FLUENT_LOCK = threading.Lock()
+
+
 @contextmanager
 def fluent_uris(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API (``start_run``, ``log_model``) at ``uri`` for a block, then put back what
     was there: ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``, which
     every later subprocess (a ``qad`` run, a Ray worker) would inherit and register into this store.
+    MLflow's own settings are restored as they were (unset stays unset, so the environment decides again).
     """
-    saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved_tracking = mlflow.get_tracking_uri() if saved_env["MLFLOW_TRACKING_URI"] else None
-    saved_registry = mlflow.get_registry_uri() if saved_env["MLFLOW_REGISTRY_URI"] else None
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_tracking)
-        mlflow.set_registry_uri(saved_registry)
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with _FLUENT_LOCK:
+        saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved_tracking, saved_registry
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,10 @@ class VaeConfig:
     coverage_cut_prob: float = 0.5
     coverage_cut_max: float = 0.5
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.model_error, int | float) and 0.0 <= self.model_error < 1.0):
+            raise ValueError(f"model_error must be a number in [0, 1), got {self.model_error!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "hidden": list(self.hidden)}
 
