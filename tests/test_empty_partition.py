@@ -11,10 +11,9 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
+from in_process_pipeline import in_process_pipeline
 
-from qad_assets.definitions import defs
 from qad_assets.demo.release import DemoRelease
-from qad_assets.partitions import archive_partition_keys, range_tags
 from qad_assets.science.io.parquet_store import read_table
 
 pytestmark = pytest.mark.slow
@@ -28,29 +27,21 @@ QUICK_REPORT = {
 
 
 def test_a_release_with_an_empty_partition_is_scored_ranked_and_reported(
-    tmp_path: Path, medium_demo: DemoRelease, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, medium_demo: DemoRelease
 ) -> None:
     archive, storage = tmp_path / "archive", tmp_path / "storage"
     shutil.copytree(medium_demo.root, archive)
     emptied = archive / medium_demo.coadd_paths[0].relative_to(medium_demo.root)
     emptied.unlink()
     emptied.mkdir()  # quarantined as a whole: every row of the partition set aside
-    monkeypatch.setenv("QAD_STORAGE", str(storage))
-    monkeypatch.setenv("QAD_ARCHIVE", str(archive))
-    keys = archive_partition_keys(str(archive), "demo", "demo")
-    empty = next(key for key in keys if key.endswith(f"_{emptied.parent.name}"))
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("spectra_partitions", keys)
-        instance.add_dynamic_partitions("releases", ["demo"])
-
-        def run(job: str, **selection) -> dg.ExecuteInProcessResult:
-            return defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False, **selection)
-
-        assert run("qad_spectra", tags=range_tags(keys[0], keys[-1])).success
-        run("qad_train", partition_key="demo")  # its quality checks may fail on a small release; it registers
+    with in_process_pipeline(archive, storage) as steps:
+        keys, instance = steps.keys, steps.instance
+        empty = next(key for key in keys if key.endswith(f"_{emptied.parent.name}"))
+        assert steps.run("qad_spectra", tags=steps.all_spectra).success
+        steps.run("qad_train", partition_key="demo")  # its quality checks may fail on a small release; it registers
         assert instance.get_materialized_partitions(dg.AssetKey("vae_model")) == {"demo"}
-        assert run("qad_score", tags=range_tags(keys[0], keys[-1])).success
-        assert run("qad_report", partition_key="demo", run_config=QUICK_REPORT).success
+        assert steps.run("qad_score", tags=steps.all_spectra).success
+        assert steps.run("qad_report", partition_key="demo", run_config=QUICK_REPORT).success
         assert instance.get_materialized_partitions(dg.AssetKey("validation_report")) == {"demo"}
 
     scores = {key: read_table(storage / "anomaly_scores" / "demo" / f"{key}.parquet") for key in keys}

@@ -25,11 +25,11 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-import ray
 import requests
 import uvicorn
 from astropy.table import Table
 from conftest import skip_or_fail
+from in_process_pipeline import in_process_pipeline, local_ray
 
 from qad_assets.definitions import defs
 from qad_assets.demo.release import write_demo_release
@@ -37,7 +37,6 @@ from qad_assets.demo.settings import DemoSettings
 from qad_assets.explorer.app import create_app
 from qad_assets.labels.store import LabelEvent, LabelStore
 from qad_assets.labels.vocabulary import default_interest
-from qad_assets.partitions import archive_partition_keys, range_tags
 from qad_assets.science.ranking.candidates import read_candidates
 from qad_assets.science.ranking.inspection import simulate_inspection
 
@@ -68,34 +67,16 @@ def scored_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoredDemo
     demo = write_demo_release(
         archive, n_pixels=8, targets_per_pixel=500, seed=3, settings=DemoSettings(anomaly_fraction=0.2)
     )
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
-            env.setenv("QAD_STORAGE", str(storage))
-            env.setenv("QAD_ARCHIVE", str(demo.root))
-            keys = archive_partition_keys(str(demo.root), "demo", "demo")
-            instance.add_dynamic_partitions("spectra_partitions", keys)
-            instance.add_dynamic_partitions("releases", ["demo"])
-            for job, selection in (
-                ("qad_spectra", {"tags": range_tags(keys[0], keys[-1])}),
-                ("qad_train", {"partition_key": "demo", "run_config": TRAINING}),
-                ("qad_score", {"tags": range_tags(keys[0], keys[-1])}),
-            ):
-                result = defs.resolve_job_def(job).execute_in_process(
-                    instance=instance, raise_on_error=False, **selection
-                )
-                assert result.get_asset_materialization_events(), job
-            truth = pl.read_parquet(demo.truth_path, columns=["TARGETID", "anomaly_class"])
-            yield ScoredDemo(
-                storage,
-                {int(t): c for t, c in zip(truth["TARGETID"], truth["anomaly_class"], strict=True) if c},
-                Path(instance.root_directory),
-            )
-    finally:
-        if started_ray:
-            ray.shutdown()
+    with local_ray(), in_process_pipeline(demo.root, storage) as steps:
+        steps.run("qad_spectra", tags=steps.all_spectra)
+        steps.run("qad_train", partition_key="demo", run_config=TRAINING)
+        steps.run("qad_score", tags=steps.all_spectra)
+        truth = pl.read_parquet(demo.truth_path, columns=["TARGETID", "anomaly_class"])
+        yield ScoredDemo(
+            storage,
+            {int(t): c for t, c in zip(truth["TARGETID"], truth["anomaly_class"], strict=True) if c},
+            Path(steps.instance.root_directory),
+        )
 
 
 def test_labels_lift_their_kind_and_sink_artefacts(scored_demo: ScoredDemo, capsys: pytest.CaptureFixture) -> None:

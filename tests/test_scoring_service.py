@@ -10,16 +10,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pytest
-import ray
 import requests
+from in_process_pipeline import in_process_pipeline, local_ray
 
-from qad_assets.definitions import defs
 from qad_assets.demo.release import DemoRelease
-from qad_assets.partitions import archive_partition_keys, range_tags
 from qad_assets.science.io.parquet_store import SPECTRUM_COLUMNS, read_table
 from qad_assets.science.model.package import ModelPackage
 from qad_assets.science.model.registry import CHALLENGER, CHAMPION, ModelRegistry
@@ -57,38 +54,23 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, medium_demo: DemoRelease)
     root = tmp_path_factory.mktemp("service")
     demo = medium_demo
     storage = root / "storage"
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
-        env.setenv("QAD_STORAGE", str(storage))
-        env.setenv("QAD_ARCHIVE", str(demo.root))
-        keys = archive_partition_keys(str(demo.root), "demo", "demo")
-        instance.add_dynamic_partitions("spectra_partitions", keys)
-        instance.add_dynamic_partitions("releases", ["demo"])
-
-        def run(job: str, **selection) -> None:
-            """The job's assets materialized (a small release may fail vae_model's quality checks; the
-            version is registered all the same, and the service does not care how good it is).
-            """
-            result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False, **selection)
-            assert result.get_asset_materialization_events(), job
-            assert result.success or job == "qad_train", job
-
-        run("qad_spectra", tags=range_tags(keys[0], keys[-1]))
-        run("qad_train", partition_key="demo")
-        run("qad_score", tags=range_tags(keys[0], keys[-1]))
-        run("qad_train", partition_key="demo", run_config={"ops": {"vae_model": {"config": {"seed": 1}}}})
-    mlflow = ModelRegistry(str(storage))
-    mlflow.set_alias(CHAMPION, "1")
-    mlflow.set_alias(CHALLENGER, "2")
-    files = {
-        f"demo_main_{c.parent.parent.parent.name}_{c.parent.name}": (c, r)
-        for c, r in zip(demo.coadd_paths, demo.redrock_paths, strict=True)
-    }
-    yield Pipeline(storage, keys, files, mlflow)
-    if started_ray:
-        ray.shutdown()
+    with local_ray():
+        with in_process_pipeline(demo.root, storage) as steps:
+            # a small release may fail vae_model's quality checks; the version is registered all the same,
+            # and the service does not care how good it is
+            assert steps.run("qad_spectra", tags=steps.all_spectra).success
+            steps.run("qad_train", partition_key="demo")
+            assert steps.run("qad_score", tags=steps.all_spectra).success
+            steps.run("qad_train", partition_key="demo", run_config={"ops": {"vae_model": {"config": {"seed": 1}}}})
+            keys = steps.keys
+        mlflow = ModelRegistry(str(storage))
+        mlflow.set_alias(CHAMPION, "1")
+        mlflow.set_alias(CHALLENGER, "2")
+        files = {
+            f"demo_main_{c.parent.parent.parent.name}_{c.parent.name}": (c, r)
+            for c, r in zip(demo.coadd_paths, demo.redrock_paths, strict=True)
+        }
+        yield Pipeline(storage, keys, files, mlflow)
 
 
 def free_port() -> int:
